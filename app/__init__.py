@@ -1,0 +1,1 @@
+"""edithook: submits image edits to EvoLink and keeps track of them."""

@@ -1,0 +1,87 @@
+"""The endpoint EvoLink calls when a task ends."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from app.callbacks.service import chosen_headers, record_callback
+from app.deps import ResourcesDep
+from app.errors import BadRequest, NotFound, PayloadTooLarge, ServiceUnavailable
+from app.security import token_matches
+from app.tasks.lifecycle import EventOutcome
+
+logger = logging.getLogger("edithook.callbacks")
+
+router = APIRouter(tags=["callbacks"])
+
+
+async def read_limited(request: Request, limit: int) -> tuple[bytes | None, int]:
+    """The body, or None with the size seen once it is over `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        return None, int(declared)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None, size
+        chunks.append(chunk)
+    return b"".join(chunks), size
+
+
+@router.post(
+    "/v1/callbacks/evolink/{task_id}/{token}",
+    summary="Receive an EvoLink task callback",
+    description=(
+        "Called by EvoLink at a task's terminal state, at the URL edithook gave it. Answers "
+        "2xx once the delivery is recorded; 404 for an unknown task or wrong token; 413 for a "
+        "body over the limit; 400 for an unreadable body (recorded); 503 when the delivery "
+        "could not be recorded, so that EvoLink retries."
+    ),
+    responses={
+        200: {
+            "content": {"application/json": {"example": {"received": True, "outcome": "applied"}}}
+        },
+        400: {"description": "The body is not a task object; the attempt is recorded."},
+        404: {"description": "No such task, or the token is wrong."},
+        413: {"description": "The body is over the limit."},
+        503: {"description": "The delivery could not be recorded; retry."},
+    },
+)
+async def receive_evolink_callback(
+    task_id: str, token: str, request: Request, resources: ResourcesDep
+) -> Response:
+    try:
+        parsed_id = uuid.UUID(task_id)
+    except ValueError:
+        raise NotFound() from None
+    if not token_matches(resources.settings.callback_secret.get_secret_value(), parsed_id, token):
+        raise NotFound()
+    body, size = await read_limited(request, resources.settings.callback_max_body_bytes)
+    headers = chosen_headers(request.headers, request.client.host if request.client else None)
+    try:
+        receipt = await record_callback(
+            resources.sessions,
+            parsed_id,
+            body,
+            headers,
+            oversize_bytes=None if body is not None else size,
+        )
+    except (OperationalError, InterfaceError, DBAPIError, OSError) as exc:
+        logger.error("could not record a callback for task %s: %s", parsed_id, type(exc).__name__)
+        raise ServiceUnavailable("The callback could not be recorded; retry.") from exc
+    if receipt is None:
+        raise NotFound()
+    if body is None:
+        raise PayloadTooLarge(
+            f"The body is over {resources.settings.callback_max_body_bytes} bytes."
+        )
+    if receipt.outcome == EventOutcome.REJECTED:
+        raise BadRequest("The body is not an EvoLink task object; the attempt is recorded.")
+    return JSONResponse({"received": True, "outcome": receipt.outcome.value})

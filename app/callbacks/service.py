@@ -1,0 +1,90 @@
+"""Recording EvoLink's callbacks: every delivery becomes an event, at most one moves the task."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.db import transaction
+from app.evolink.schemas import ProviderTask
+from app.models import Task
+from app.tasks.lifecycle import EventKind, EventOutcome
+from app.tasks.transitions import Verdict, apply_verdict, observe
+
+# Request headers worth keeping with a callback; the rest say nothing about the delivery.
+KEPT_HEADERS = ("content-type", "content-length", "user-agent", "x-forwarded-for", "x-request-id")
+
+
+@dataclass
+class Receipt:
+    outcome: EventOutcome
+    event_id: int
+
+
+def chosen_headers(headers: Any, client_host: str | None) -> dict[str, str]:
+    kept = {name: headers[name] for name in KEPT_HEADERS if name in headers}
+    if client_host:
+        kept["peer"] = client_host
+    return kept
+
+
+def parse_body(body: bytes) -> ProviderTask | str:
+    """The task object a callback carries, or the reason it cannot be read."""
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"body is not JSON: {exc}"
+    if not isinstance(document, dict):
+        return "body is not a JSON object"
+    try:
+        return ProviderTask.model_validate(document)
+    except ValidationError as exc:
+        fields = ", ".join(".".join(map(str, e["loc"])) or "body" for e in exc.errors())
+        return f"body is not a task object (bad or missing: {fields})"
+
+
+async def record_callback(
+    sessions: async_sessionmaker[AsyncSession],
+    task_id: uuid.UUID,
+    body: bytes | None,
+    headers: dict[str, str],
+    *,
+    oversize_bytes: int | None = None,
+) -> Receipt | None:
+    """Record one delivery for `task_id` and apply it; None when there is no such task.
+
+    `body` is None when it was refused for its size (`oversize_bytes` says how large it was
+    claimed or read to be); such a delivery and an unreadable one are recorded as rejected.
+    Returns once the event and any transition are committed.
+    """
+    parsed = (
+        parse_body(body) if body is not None else f"body over the limit ({oversize_bytes} bytes)"
+    )
+    raw = body.decode("utf-8", errors="replace") if body is not None else None
+    async with transaction(sessions) as session:
+        task = (
+            await session.execute(select(Task).where(Task.id == task_id).with_for_update())
+        ).scalar_one_or_none()
+        if task is None:
+            return None
+        if isinstance(parsed, str):
+            event = await apply_verdict(
+                session,
+                task,
+                Verdict(EventOutcome.REJECTED, parsed),
+                EventKind.CALLBACK,
+                body=raw,
+                headers=headers,
+            )
+        else:
+            event = await observe(
+                session, task, parsed, EventKind.CALLBACK, body=raw, headers=headers
+            )
+        await session.flush()
+        return Receipt(EventOutcome(event.outcome), event.id)

@@ -1,0 +1,180 @@
+"""`edithook dev | serve | migrate | simulator`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+from app.logs import UVICORN_LOG_CONFIG, configure_logging
+from app.settings import ConfigError, Settings
+
+DEV_API_KEYS = "dev:dev-key"
+# Development only: a fixed secret keeps callback URLs valid across restarts of `edithook dev`.
+DEV_CALLBACK_SECRET = "dev-callback-secret-not-for-production-use"  # noqa: S105
+
+
+def _fail(problems: list[str]) -> int:
+    print("edithook cannot start:", file=sys.stderr)
+    for line in problems:
+        print(f"  - {line}", file=sys.stderr)
+    return 2
+
+
+def _load_settings(**overrides: object) -> Settings:
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def serve() -> int:
+    """The production API process."""
+    settings = _load_settings()
+    try:
+        settings.check()
+    except ConfigError as exc:
+        return _fail(exc.problems)
+    import uvicorn
+
+    from app.main import create_app
+
+    configure_logging(settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=UVICORN_LOG_CONFIG,
+        proxy_headers=True,
+        server_header=False,
+    )
+    return 0
+
+
+def migrate() -> int:
+    """Apply every pending migration."""
+    settings = _load_settings()
+    if not settings.database_url:
+        return _fail(["EDITHOOK_DATABASE_URL is not set (postgresql://user:pass@host/db)"])
+    configure_logging(settings.log_level)
+    from app.migrate import upgrade
+
+    upgrade(settings.database_url)
+    return 0
+
+
+def simulator(port: int) -> int:
+    """Run the EvoLink simulator alone (for trying the client, or a `serve` in development)."""
+    import uvicorn
+
+    from app.evolink.simulator import create_simulator_app
+
+    configure_logging("info")
+    uvicorn.run(create_simulator_app(), host="127.0.0.1", port=port, log_config=UVICORN_LOG_CONFIG)
+    return 0
+
+
+def _embedded_database(data_dir: Path) -> str:
+    try:
+        import pgserver
+    except ImportError:
+        raise SystemExit(
+            "edithook dev needs the dev extra for its embedded Postgres "
+            "(pip install -e '.[dev]'), or set EDITHOOK_DATABASE_URL."
+        ) from None
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # "stop": the embedded server stops when `edithook dev` exits.
+    server = pgserver.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
+    if "edithook" not in server.psql("SELECT datname FROM pg_database;"):
+        server.psql("CREATE DATABASE edithook;")
+    return f"postgresql://postgres@/edithook?host={data_dir.resolve()}"
+
+
+async def _run_dev(data_dir: Path) -> None:
+    from app.evolink.simulator import create_simulator_app
+    from app.main import create_app
+    from app.migrate import upgrade_async
+    from app.servers import bind, socket_url, start_server
+
+    env = os.environ
+    database_url = env.get("EDITHOOK_DATABASE_URL") or _embedded_database(data_dir)
+    await upgrade_async(database_url)
+
+    simulator_server = await start_server(create_simulator_app(), "127.0.0.1", 0)
+    api_socket = bind(env.get("EDITHOOK_HOST", "127.0.0.1"), int(env.get("EDITHOOK_PORT", "8000")))
+    settings = _load_settings(
+        environment="development",
+        database_url=database_url,
+        evolink_base_url=env.get("EDITHOOK_EVOLINK_BASE_URL", simulator_server.url),
+        evolink_api_key=env.get("EDITHOOK_EVOLINK_API_KEY", "sk-simulator"),
+        public_base_url=env.get("EDITHOOK_PUBLIC_BASE_URL", socket_url(api_socket)),
+        callback_secret=env.get("EDITHOOK_CALLBACK_SECRET", DEV_CALLBACK_SECRET),
+        api_keys=env.get("EDITHOOK_API_KEYS", DEV_API_KEYS),
+    )
+    problems = [p for p in settings.problems() if "API_KEYS has keys shorter" not in p]
+    if problems:
+        raise SystemExit(_fail(problems))
+    api_server = await start_server(create_app(settings), sock=api_socket, log_level="info")
+    key, client = next(iter(settings.client_keys.items()))
+    where = (
+        f"embedded Postgres in {data_dir}" if "host=/" in database_url else "EDITHOOK_DATABASE_URL"
+    )
+    print(
+        f"\nedithook dev is running\n"
+        f"  API        {api_server.url}   (docs: {api_server.url}/docs)\n"
+        f"  provider   {settings.evolink_base_url}   (the EvoLink simulator)\n"
+        f"  database   {where}\n"
+        f"  client key {client}: Authorization: Bearer {key}\n"
+        f"Try:\n"
+        f"  curl -s -X POST {api_server.url}/v1/tasks -H 'Authorization: Bearer {key}' \\\n"
+        f"    -H 'Content-Type: application/json' \\\n"
+        f'    -d \'{{"prompt": "make it snow", "image_urls": ["https://example.com/in.png"]}}\'\n',
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await api_server.stop()
+        await simulator_server.stop()
+
+
+def dev(data_dir: Path) -> int:
+    """Everything on one machine with no set-up: embedded Postgres, the simulator, the API."""
+    configure_logging(os.environ.get("EDITHOOK_LOG_LEVEL", "info"))
+    asyncio.run(_run_dev(data_dir))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="edithook", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    dev_parser = commands.add_parser("dev", help="run everything locally with embedded defaults")
+    dev_parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("EDITHOOK_DEV_DATA_DIR", "var/pgdata")),
+        help="where the embedded Postgres keeps its data (default: var/pgdata)",
+    )
+    commands.add_parser("serve", help="run the API (production)")
+    commands.add_parser("migrate", help="apply database migrations")
+    sim_parser = commands.add_parser("simulator", help="run the EvoLink simulator alone")
+    sim_parser.add_argument("--port", type=int, default=8100)
+    args = parser.parse_args(argv)
+    match args.command:
+        case "dev":
+            return dev(args.data_dir)
+        case "serve":
+            return serve()
+        case "migrate":
+            return migrate()
+        case "simulator":
+            return simulator(args.port)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""EvoLink's wire models for `qwen-image-edit-plus`: the create request, the task object, errors.
+
+Parsing is lenient on purpose: the provider's documented shapes have changed over time
+(string versus integer error codes, new and dropped fields), so unknown fields are ignored,
+every optional field may be missing, and `status` stays a plain string so that a status we
+have never seen still parses and can be judged by the caller.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict
+
+MODEL_NAME: Final = "qwen-image-edit-plus"
+
+STATUS_PENDING: Final = "pending"
+STATUS_PROCESSING: Final = "processing"
+STATUS_COMPLETED: Final = "completed"
+STATUS_FAILED: Final = "failed"
+# Not in the documented enum, but the callback fires on "cancelled"; see the contract, §4.
+STATUS_CANCELLED: Final = "cancelled"
+
+PROVIDER_STATUSES: Final = (
+    STATUS_PENDING,
+    STATUS_PROCESSING,
+    STATUS_COMPLETED,
+    STATUS_FAILED,
+    STATUS_CANCELLED,
+)
+TERMINAL_STATUSES: Final = (STATUS_COMPLETED, STATUS_FAILED, STATUS_CANCELLED)
+
+# The task-level error code a cancellation may arrive as (`status: "failed"`).
+ERROR_REQUEST_CANCELLED: Final = "request_cancelled"
+
+
+def _lenient_int(value: Any) -> Any:
+    """Floats and numeric strings become ints; anything unreadable becomes None."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    number = _lenient_float(value)
+    return int(number) if number is not None else None
+
+
+def _lenient_float(value: Any) -> float | None:
+    """Numbers and numeric strings become floats; anything else (NaN and inf too) None."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+LenientInt = Annotated[int | None, BeforeValidator(_lenient_int)]
+LenientFloat = Annotated[float | None, BeforeValidator(_lenient_float)]
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ProviderErrorBody(_Lenient):
+    """The `error` object of an HTTP error envelope or of a failed task.
+
+    `code` is a string business code in the current docs and an integer equal to the HTTP
+    status in the older envelope; `code_str` gives either as a string.
+    """
+
+    code: str | int | None = None
+    message: str | None = None
+    type: str | None = None
+    param: str | None = None
+    fallback_suggestion: str | None = None
+
+    @property
+    def code_str(self) -> str | None:
+        return None if self.code is None else str(self.code)
+
+
+class TaskInfo(_Lenient):
+    can_cancel: bool | None = None
+    estimated_time: LenientFloat = None
+
+
+class ProviderTask(_Lenient):
+    """The task object: the create answer, the `GET /v1/tasks/{id}` answer, the callback body.
+
+    `results` (image URLs, valid for 24 h) is present once completed; `error` once failed.
+    """
+
+    id: str
+    status: str
+    progress: LenientInt = None
+    created: LenientInt = None
+    model: str | None = None
+    task_info: TaskInfo | None = None
+    usage: dict[str, Any] | None = None
+    results: list[str] | None = None
+    error: ProviderErrorBody | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+class CreateRequest(_Lenient):
+    """The body of `POST /v1/images/generations`.
+
+    Limits are not enforced here: the service validates its own API input, and the provider
+    is the authority on what it accepts (its refusals come back as permanent errors).
+    """
+
+    model: Literal["qwen-image-edit-plus"] = MODEL_NAME
+    prompt: str
+    image_urls: list[str]
+    n: int | None = None
+    negative_prompt: str | None = None
+    size: str | None = None
+    prompt_extend: bool | None = None
+    watermark: bool | None = None
+    seed: int | None = None
+    callback_url: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON body to send: unset (None) fields are left out, so provider defaults apply."""
+        return self.model_dump(mode="json", exclude_none=True)

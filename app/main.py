@@ -1,0 +1,72 @@
+"""The API application: REST for internal services and the receiver for EvoLink callbacks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from app import __doc__ as about
+from app.callbacks.routes import router as callbacks_router
+from app.deps import ResourcesDep
+from app.errors import install_error_handlers
+from app.resources import Resources, open_resources
+from app.settings import Settings
+from app.tasks.routes import router as tasks_router
+
+DESCRIPTION = """
+Internal services create **qwen-image-edit-plus** edit tasks here; edithook submits them to
+EvoLink, receives EvoLink's callbacks, and answers questions about the tasks and their
+result images.
+
+Authenticate with `Authorization: Bearer <key>`; a client sees only its own tasks. Errors are
+RFC 9457 problem details (`application/problem+json`).
+"""
+
+
+def create_app(settings: Settings | None = None, resources: Resources | None = None) -> FastAPI:
+    """The API app. It opens its own resources from `settings`, or uses `resources` as given."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if resources is not None:
+            app.state.resources = resources
+            yield
+            return
+        assert settings is not None
+        async with open_resources(settings) as opened:
+            app.state.resources = opened
+            yield
+
+    if settings is None and resources is None:
+        raise ValueError("create_app needs settings or resources")
+    app = FastAPI(
+        title="edithook",
+        summary=about,
+        description=DESCRIPTION,
+        version="0.1.0",
+        lifespan=lifespan,
+        # A redirect would turn EvoLink's POST into a lost callback; unknown paths are 404s.
+        redirect_slashes=False,
+    )
+    install_error_handlers(app)
+    app.include_router(tasks_router)
+    app.include_router(callbacks_router)
+
+    @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"], summary="Readiness: the database answers")
+    async def readyz(resources: ResourcesDep) -> JSONResponse:
+        try:
+            async with resources.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        except Exception as exc:
+            return JSONResponse({"status": "unavailable", "reason": type(exc).__name__}, 503)
+        return JSONResponse({"status": "ok"})
+
+    return app

@@ -1,0 +1,146 @@
+"""Tasks, the events that moved them, and their result images."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    SmallInteger,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base
+from app.tasks.lifecycle import EventKind, EventOutcome, ResultStatus, TaskStatus
+
+
+def _one_of(column: str, values: type[Any]) -> str:
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
+
+
+class Task(Base):
+    """One edit a client asked for, from its request to its terminal state."""
+
+    __tablename__ = "tasks"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    client: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text, default=TaskStatus.QUEUED.value)
+    progress: Mapped[int] = mapped_column(SmallInteger, default=0)
+    # The edit as the client asked for it, in the provider's field names, without callback_url.
+    request: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, default=dict)
+    idempotency_key: Mapped[str | None] = mapped_column(Text)
+    request_hash: Mapped[str] = mapped_column(Text)
+    provider_task_id: Mapped[str | None] = mapped_column(Text, unique=True)
+    estimated_seconds: Mapped[float | None]
+    usage: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    error_code: Mapped[str | None] = mapped_column(Text)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    # How the task reached its terminal state: by a callback, a poll, or our own decision.
+    resolved_by: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.clock_timestamp()
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.clock_timestamp()
+    )
+    submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint(_one_of("status", TaskStatus), name="status"),
+        CheckConstraint("progress BETWEEN 0 AND 100", name="progress"),
+        CheckConstraint(
+            "resolved_by IS NULL OR resolved_by IN ('callback', 'poll', 'submission')",
+            name="resolved_by",
+        ),
+        # Newest-first listing per client, optionally narrowed to one status.
+        Index("ix_tasks_client_created", "client", text("created_at DESC"), text("id DESC")),
+        Index(
+            "ix_tasks_client_status_created",
+            "client",
+            "status",
+            text("created_at DESC"),
+            text("id DESC"),
+        ),
+        Index(
+            "uq_tasks_client_idempotency_key",
+            "client",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
+    )
+
+
+class TaskEvent(Base):
+    """Something that happened to a task: a callback, a poll, a submission, its creation.
+
+    An event that moved the task records the move in `from_status`/`to_status`, written in
+    the same transaction as the move itself.
+    """
+
+    __tablename__ = "task_events"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    task_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(Text)
+    outcome: Mapped[str] = mapped_column(Text)
+    from_status: Mapped[str | None] = mapped_column(Text)
+    to_status: Mapped[str | None] = mapped_column(Text)
+    provider_status: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[str | None] = mapped_column(Text)
+    # The raw callback or response body and chosen request headers; pruned after retention.
+    body: Mapped[str | None] = mapped_column(Text)
+    headers: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.clock_timestamp()
+    )
+
+    __table_args__ = (
+        CheckConstraint(_one_of("kind", EventKind), name="kind"),
+        CheckConstraint(_one_of("outcome", EventOutcome), name="outcome"),
+        Index("ix_task_events_task_id_id", "task_id", "id"),
+    )
+
+
+class TaskResult(Base):
+    """One result image of a completed task, and where our copy of it stands."""
+
+    __tablename__ = "task_results"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    task_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
+    index: Mapped[int] = mapped_column(Integer)
+    provider_url: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text, default=ResultStatus.PENDING.value)
+    content_type: Mapped[str | None] = mapped_column(Text)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(Text)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    storage_key: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.clock_timestamp()
+    )
+    stored_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint(_one_of("status", ResultStatus), name="status"),
+        UniqueConstraint("task_id", "index"),
+    )

@@ -1,0 +1,151 @@
+"""Configuration, read once from `EDITHOOK_*` environment variables."""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EVOLINK_BASE_URL = "https://api.evolink.ai"
+MIN_SECRET_LENGTH = 32
+
+
+class ConfigError(Exception):
+    """The configuration cannot run the service; `problems` has one line per fault."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """True for `localhost` and loopback IP literals."""
+    if not host:
+        return False
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_api_keys(raw: str) -> dict[str, str]:
+    """Parse `client:key,client2:key2` into {key: client}; raises ValueError naming the fault."""
+    keys: dict[str, str] = {}
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        client, sep, key = item.partition(":")
+        client, key = client.strip(), key.strip()
+        if not sep or not client or not key:
+            raise ValueError(f"entry {item.split(':')[0]!r}… is not of the form client:key")
+        if key in keys:
+            raise ValueError(f"two clients share one key ({keys[key]!r} and {client!r})")
+        keys[key] = client
+    return keys
+
+
+class Settings(BaseSettings):
+    """Everything edithook reads from its environment; see `.env.example`."""
+
+    model_config = SettingsConfigDict(env_prefix="EDITHOOK_", extra="ignore")
+
+    # "development" lets the provider and the public base URL be plain http on loopback hosts,
+    # which is how `edithook dev` and the tests run against the simulator.
+    environment: Literal["production", "development"] = "production"
+    database_url: str = ""
+    evolink_base_url: str = EVOLINK_BASE_URL
+    evolink_api_key: SecretStr = SecretStr("")
+    public_base_url: str = ""
+    callback_secret: SecretStr = SecretStr("")
+    api_keys: SecretStr = SecretStr("")
+
+    host: str = "0.0.0.0"  # noqa: S104 - a container's service listens on all interfaces
+    port: int = Field(default=8000, ge=1, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    callback_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    provider_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    provider_read_timeout_seconds: float = Field(default=30.0, gt=0)
+    submit_attempts: int = Field(default=3, ge=1, le=10)
+    submit_max_wait_seconds: float = Field(default=10.0, ge=0)
+
+    @field_validator("evolink_base_url", "public_base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.strip().rstrip("/")
+
+    @property
+    def client_keys(self) -> dict[str, str]:
+        """API key → client name."""
+        return parse_api_keys(self.api_keys.get_secret_value())
+
+    def problems(self) -> list[str]:
+        """Every reason this configuration is unfit to serve production traffic."""
+        found: list[str] = []
+        if not self.database_url:
+            found.append("EDITHOOK_DATABASE_URL is not set (postgresql://user:pass@host/db)")
+        elif urlsplit(self.database_url).scheme.split("+")[0] not in ("postgresql", "postgres"):
+            found.append("EDITHOOK_DATABASE_URL must be a postgresql:// URL")
+        if not self.evolink_api_key.get_secret_value():
+            found.append("EDITHOOK_EVOLINK_API_KEY is not set")
+        dev = self.environment == "development"
+        found += _url_problems("EDITHOOK_EVOLINK_BASE_URL", self.evolink_base_url, dev)
+        found += _url_problems("EDITHOOK_PUBLIC_BASE_URL", self.public_base_url, dev)
+        secret = self.callback_secret.get_secret_value()
+        if not secret:
+            found.append("EDITHOOK_CALLBACK_SECRET is not set (use 32+ random characters)")
+        elif len(secret) < MIN_SECRET_LENGTH:
+            found.append(
+                f"EDITHOOK_CALLBACK_SECRET is too short ({len(secret)} characters; "
+                f"use at least {MIN_SECRET_LENGTH} random characters)"
+            )
+        if not self.api_keys.get_secret_value().strip():
+            found.append("EDITHOOK_API_KEYS is not set (client:key,client2:key2)")
+        else:
+            try:
+                keys = self.client_keys
+            except ValueError as exc:
+                found.append(f"EDITHOOK_API_KEYS is malformed: {exc}")
+            else:
+                short = sorted(client for key, client in keys.items() if len(key) < 16)
+                if short:
+                    found.append(
+                        "EDITHOOK_API_KEYS has keys shorter than 16 characters for: "
+                        + ", ".join(short)
+                    )
+        return found
+
+    def check(self) -> None:
+        """Raise ConfigError listing every problem, if there is any."""
+        found = self.problems()
+        if found:
+            raise ConfigError(found)
+
+
+def _url_problems(name: str, url: str, development: bool) -> list[str]:
+    if not url:
+        return [f"{name} is not set"]
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return [f"{name} must be an absolute https:// URL, got {url!r}"]
+    if parts.scheme != "https" and not (development and is_loopback_host(parts.hostname)):
+        return [
+            f"{name} must use https (plain http only for loopback hosts "
+            "with EDITHOOK_ENVIRONMENT=development)"
+        ]
+    if parts.query or parts.fragment:
+        return [f"{name} must not carry a query or fragment"]
+    return []
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read from the environment on first use."""
+    return Settings()

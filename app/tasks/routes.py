@@ -1,0 +1,183 @@
+"""The REST API internal services call: create, read and list edit tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Response
+
+from app.db import transaction
+from app.deps import CallerDep, ResourcesDep, SessionDep
+from app.errors import NotFound
+from app.models import TaskEvent, TaskResult
+from app.tasks import service
+from app.tasks.lifecycle import ResultStatus, TaskStatus
+from app.tasks.schemas import (
+    EventPage,
+    EventRead,
+    ResultList,
+    ResultRead,
+    TaskCreate,
+    TaskError,
+    TaskLinks,
+    TaskPage,
+    TaskRead,
+)
+from app.tasks.submission import submit_task
+
+router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+
+PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such task for this client.", **PROBLEM}
+}
+
+
+def parse_task_id(task_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(task_id)
+    except ValueError:
+        raise NotFound("No such task.") from None
+
+
+def to_read(view: service.TaskView) -> TaskRead:
+    task = view.task
+    base = f"/v1/tasks/{task.id}"
+    error = None
+    if task.error_code or task.error_message:
+        error = TaskError(code=task.error_code, message=task.error_message)
+    return TaskRead(
+        id=task.id,
+        status=task.status,
+        progress=task.progress,
+        request=task.request,
+        metadata=task.metadata_,
+        provider_task_id=task.provider_task_id,
+        estimated_seconds=task.estimated_seconds,
+        usage=task.usage,
+        error=error,
+        resolved_by=task.resolved_by,
+        result_count=view.result_count,
+        results_stored=view.result_count > 0 and view.stored_count == view.result_count,
+        created_at=task.created_at,
+        updated_at=task.updated_at,
+        submitted_at=task.submitted_at,
+        finished_at=task.finished_at,
+        links=TaskLinks(self=base, results=f"{base}/results", events=f"{base}/events"),
+    )
+
+
+@router.post(
+    "",
+    status_code=202,
+    summary="Create an edit task",
+    description=(
+        "Stores the task, submits it to EvoLink and answers 202 with its state. With an "
+        "`Idempotency-Key`, a repeat of the same body returns the same task "
+        "(`Idempotent-Replayed: true`) and submits nothing; the same key with another body is 409."
+    ),
+    responses={
+        409: {"description": "Idempotency-Key reused with a different body.", **PROBLEM},
+        422: {"description": "Every problem with the request, listed in `errors`.", **PROBLEM},
+    },
+)
+async def create_task(
+    body: TaskCreate,
+    caller: CallerDep,
+    resources: ResourcesDep,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(min_length=1, max_length=255, description="Makes retries of this request safe."),
+    ] = None,
+) -> TaskRead:
+    async with transaction(resources.sessions) as session:
+        task, created = await service.create_task(session, caller, body, idempotency_key)
+    if task.status == TaskStatus.QUEUED:
+        # Shielded: a client hanging up must not cut a submission off between the provider's
+        # answer and our record of it.
+        await asyncio.shield(
+            submit_task(resources.sessions, resources.evolink, resources.settings, task.id)
+        )
+    async with resources.sessions() as session:
+        view = await service.get_task(session, caller, task.id)
+    response.headers["Location"] = f"/v1/tasks/{task.id}"
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return to_read(view)
+
+
+@router.get("", summary="List tasks, newest first")
+async def list_tasks(
+    caller: CallerDep,
+    session: SessionDep,
+    status: Annotated[
+        list[TaskStatus] | None, Query(description="Only these statuses; repeat to give several.")
+    ] = None,
+    created_after: Annotated[datetime | None, Query(description="Exclusive lower bound.")] = None,
+    created_before: Annotated[datetime | None, Query(description="Exclusive upper bound.")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
+) -> TaskPage:
+    views, next_cursor = await service.list_tasks(
+        session,
+        caller,
+        limit=limit,
+        cursor=cursor,
+        statuses=status,
+        created_after=created_after,
+        created_before=created_before,
+    )
+    return TaskPage(items=[to_read(view) for view in views], next_cursor=next_cursor)
+
+
+@router.get("/{task_id}", summary="Get one task", responses=NOT_FOUND)
+async def get_task(task_id: str, caller: CallerDep, session: SessionDep) -> TaskRead:
+    return to_read(await service.get_task(session, caller, parse_task_id(task_id)))
+
+
+def _result_read(result: TaskResult) -> ResultRead:
+    return ResultRead(
+        index=result.index,
+        status=result.status,
+        source_url=result.provider_url,
+        content_type=result.content_type,
+        size_bytes=result.size_bytes,
+        sha256=result.sha256,
+        width=result.width,
+        height=result.height,
+        error=result.error,
+        stored_at=result.stored_at,
+    )
+
+
+@router.get("/{task_id}/results", summary="List a task's result images", responses=NOT_FOUND)
+async def list_results(task_id: str, caller: CallerDep, session: SessionDep) -> ResultList:
+    parsed = parse_task_id(task_id)
+    results = await service.list_results(session, caller, parsed)
+    return ResultList(
+        task_id=parsed,
+        all_stored=bool(results) and all(r.status == ResultStatus.STORED for r in results),
+        items=[_result_read(result) for result in results],
+    )
+
+
+def _event_read(event: TaskEvent) -> EventRead:
+    return EventRead.model_validate(event, from_attributes=True)
+
+
+@router.get("/{task_id}/events", summary="A task's history, oldest first", responses=NOT_FOUND)
+async def list_events(
+    task_id: str,
+    caller: CallerDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: Annotated[str | None, Query()] = None,
+) -> EventPage:
+    events, next_cursor = await service.list_events(
+        session, caller, parse_task_id(task_id), limit=limit, cursor=cursor
+    )
+    return EventPage(items=[_event_read(event) for event in events], next_cursor=next_cursor)

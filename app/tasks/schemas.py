@@ -1,0 +1,226 @@
+"""The REST shapes of tasks, their results and their events."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationInfo,
+    field_validator,
+)
+
+from app.settings import is_loopback_host
+
+PROMPT_MAX = 2000
+NEGATIVE_PROMPT_MAX = 500
+IMAGE_URLS_MAX = 3
+URL_MAX = 2048
+N_MAX = 6
+SIZE_MIN, SIZE_MAX = 512, 2048
+SEED_MAX = 2_147_483_647
+METADATA_MAX_KEYS = 20
+METADATA_KEY_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+METADATA_VALUE_MAX = 500
+SIZE_RE = re.compile(r"^([0-9]+)x([0-9]+)$")
+
+EXAMPLE_CREATE: dict[str, Any] = {
+    "prompt": "Replace the background with a snowy mountain range, keep the person unchanged",
+    "image_urls": ["https://cdn.example.com/in/abc123.png"],
+    "n": 1,
+    "size": "1024x1536",
+    "negative_prompt": "blurry, low quality",
+    "seed": 42,
+    "metadata": {"order_id": "A-1009"},
+}
+
+
+def _check_image_url(url: str) -> str:
+    if len(url) > URL_MAX:
+        raise ValueError(f"must be at most {URL_MAX} characters")
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError("must be an absolute https:// URL")
+    if parts.username or parts.password:
+        raise ValueError("must not carry credentials")
+    host = parts.hostname
+    if is_loopback_host(host):
+        raise ValueError("must be publicly reachable (loopback hosts are refused)")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return url
+    if not address.is_global:
+        raise ValueError("must be publicly reachable (private or reserved addresses are refused)")
+    return url
+
+
+class TaskCreate(BaseModel):
+    """An edit to run: the provider's documented parameters, checked against its limits."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_CREATE]})
+
+    prompt: StrictStr = Field(
+        min_length=1, max_length=PROMPT_MAX, description="What to change; at most 2000 characters."
+    )
+    image_urls: list[Annotated[StrictStr, AfterValidator(_check_image_url)]] = Field(
+        min_length=1,
+        max_length=IMAGE_URLS_MAX,
+        description="1–3 publicly reachable https URLs of the input images.",
+    )
+    n: Annotated[StrictInt, Field(ge=1, le=N_MAX)] = Field(
+        default=1, description="Number of images to produce (1–6; the provider pre-charges n)."
+    )
+    size: StrictStr | None = Field(
+        default=None,
+        description="WIDTHxHEIGHT, each side 512–2048; only with n = 1.",
+        examples=["1024x1536"],
+    )
+    negative_prompt: StrictStr | None = Field(default=None, max_length=NEGATIVE_PROMPT_MAX)
+    prompt_extend: StrictBool = Field(
+        default=True, description="Let the provider rewrite the prompt."
+    )
+    watermark: StrictBool = False
+    seed: Annotated[StrictInt, Field(ge=0, le=SEED_MAX)] | None = None
+    metadata: dict[StrictStr, StrictStr] = Field(
+        default_factory=dict,
+        description="Up to 20 string pairs of your own; keys 1–64 of [A-Za-z0-9_.-], values ≤ 500.",
+    )
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        match = SIZE_RE.match(value)
+        if not match:
+            raise ValueError("must look like 1024x1536 (WIDTHxHEIGHT, lowercase x)")
+        width, height = int(match[1]), int(match[2])
+        if not (SIZE_MIN <= width <= SIZE_MAX and SIZE_MIN <= height <= SIZE_MAX):
+            raise ValueError(f"each side must be between {SIZE_MIN} and {SIZE_MAX}")
+        n = info.data.get("n")
+        if isinstance(n, int) and n != 1:
+            raise ValueError("is only allowed when n is 1")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > METADATA_MAX_KEYS:
+            raise ValueError(f"must have at most {METADATA_MAX_KEYS} keys")
+        bad_keys = [key for key in value if not METADATA_KEY_RE.match(key)]
+        if bad_keys:
+            raise ValueError(f"keys must be 1–64 of [A-Za-z0-9_.-]: {bad_keys[:5]}")
+        long_values = [key for key, item in value.items() if len(item) > METADATA_VALUE_MAX]
+        if long_values:
+            raise ValueError(
+                f"values must be at most {METADATA_VALUE_MAX} characters: {long_values[:5]}"
+            )
+        return value
+
+    def provider_request(self) -> dict[str, Any]:
+        """The edit in the provider's field names, without unset optional fields."""
+        return self.model_dump(exclude={"metadata"}, exclude_none=True)
+
+
+class TaskError(BaseModel):
+    code: str | None
+    message: str | None
+
+
+class TaskLinks(BaseModel):
+    self: str
+    results: str
+    events: str
+
+
+class TaskRead(BaseModel):
+    """A task as its client sees it."""
+
+    id: uuid.UUID
+    status: str = Field(
+        description="queued, submitting, pending, processing, completed, failed or cancelled"
+    )
+    progress: int
+    request: dict[str, Any] = Field(description="The edit parameters as submitted.")
+    metadata: dict[str, Any]
+    provider_task_id: str | None
+    estimated_seconds: float | None
+    usage: dict[str, Any] | None
+    error: TaskError | None
+    resolved_by: str | None = Field(
+        description="How the terminal state was learnt: callback, poll or submission."
+    )
+    result_count: int
+    results_stored: bool = Field(description="True once every result image is in our storage.")
+    created_at: datetime
+    updated_at: datetime
+    submitted_at: datetime | None
+    finished_at: datetime | None
+    links: TaskLinks
+
+
+class TaskPage(BaseModel):
+    items: list[TaskRead]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null on the last."
+    )
+
+
+class ResultRead(BaseModel):
+    """One result image and the state of our copy of it."""
+
+    index: int
+    status: str = Field(description="pending (not yet copied), stored, or failed")
+    source_url: str = Field(description="The provider's link; it expires 24 h after completion.")
+    content_type: str | None
+    size_bytes: int | None
+    sha256: str | None
+    width: int | None
+    height: int | None
+    error: str | None
+    stored_at: datetime | None
+
+
+class ResultList(BaseModel):
+    task_id: uuid.UUID
+    all_stored: bool
+    items: list[ResultRead]
+
+
+class EventRead(BaseModel):
+    """One thing that happened to a task; `body` is the raw callback or response body."""
+
+    id: int
+    kind: str = Field(description="created, submission, callback or poll")
+    outcome: str = Field(description="applied, duplicate, stale, anomaly, rejected or error")
+    from_status: str | None
+    to_status: str | None
+    provider_status: str | None
+    detail: str | None
+    body: str | None
+    headers: dict[str, Any] | None
+    created_at: datetime
+
+
+class EventPage(BaseModel):
+    items: list[EventRead]
+    next_cursor: str | None

@@ -1,0 +1,173 @@
+"""The one place where what the provider says moves a task.
+
+Callbacks, polls and submission responses all come through `observe`, always with the task's
+row locked, so that duplicates and races resolve the same way whatever their source:
+terminal states never change, statuses never go backwards, and a message that contradicts a
+terminal state is kept as an anomaly instead of being applied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.evolink.schemas import ProviderTask
+from app.models import Task, TaskEvent, TaskResult
+from app.tasks.lifecycle import (
+    RANK,
+    TERMINAL,
+    EventKind,
+    EventOutcome,
+    TaskStatus,
+    status_from_provider,
+)
+
+
+@dataclass
+class Verdict:
+    """What an observation does to a task; `apply_verdict` carries it out."""
+
+    outcome: EventOutcome
+    detail: str | None = None
+    to_status: TaskStatus | None = None
+    changes: dict[str, Any] = field(default_factory=dict)
+    result_urls: list[str] = field(default_factory=list)
+
+
+def judge(task: Task, observed: ProviderTask, source: EventKind) -> Verdict:
+    """Decide what `observed` means for `task`, without touching either."""
+    error_code = observed.error.code_str if observed.error else None
+    new = status_from_provider(observed.status, error_code)
+    if new is None:
+        return Verdict(EventOutcome.ANOMALY, f"unknown provider status {observed.status!r}")
+
+    changes: dict[str, Any] = {}
+    if task.provider_task_id is None:
+        # An ambiguous submission left us without the provider's id; the task's own callback
+        # URL (or the submission response itself) names it.
+        if task.status != TaskStatus.SUBMITTING or not observed.id:
+            return Verdict(EventOutcome.ANOMALY, "the task has no provider id to match")
+        changes["provider_task_id"] = observed.id
+    elif observed.id != task.provider_task_id:
+        return Verdict(
+            EventOutcome.ANOMALY,
+            f"names provider task {observed.id!r}, but this task is {task.provider_task_id!r}",
+        )
+
+    current = TaskStatus(task.status)
+    if current in TERMINAL:
+        if new == current:
+            return Verdict(EventOutcome.DUPLICATE)
+        if new in TERMINAL:
+            return Verdict(
+                EventOutcome.ANOMALY, f"says {new.value}, but the task is already {current.value}"
+            )
+        return Verdict(EventOutcome.STALE, f"says {new.value}; the task is already {current.value}")
+
+    if RANK[new] < RANK[current]:
+        return Verdict(EventOutcome.STALE, f"says {new.value}; the task is already {current.value}")
+
+    progress = _progress(observed.progress)
+    if new == TaskStatus.COMPLETED:
+        progress = 100
+    if progress is not None and progress > task.progress:
+        changes["progress"] = progress
+    if observed.usage is not None:
+        changes["usage"] = observed.usage
+    if observed.task_info is not None and observed.task_info.estimated_time is not None:
+        changes["estimated_seconds"] = float(observed.task_info.estimated_time)
+
+    if new == current:
+        if not changes:
+            return Verdict(EventOutcome.DUPLICATE)
+        return Verdict(EventOutcome.APPLIED, to_status=new, changes=changes)
+
+    changes["status"] = new.value
+    verdict = Verdict(EventOutcome.APPLIED, to_status=new, changes=changes)
+    if new in TERMINAL:
+        changes["resolved_by"] = source.value
+        changes["finished_at"] = datetime.now(UTC)
+    if new == TaskStatus.COMPLETED:
+        verdict.result_urls = [url for url in observed.results or [] if isinstance(url, str)]
+        if not verdict.result_urls:
+            verdict.detail = "completed without result images"
+    elif new in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+        error = observed.error
+        changes["error_code"] = (error.code_str if error else None) or new.value
+        changes["error_message"] = (
+            error.message if error else None
+        ) or f"the provider reports {observed.status}"
+    return verdict
+
+
+def _progress(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return max(0, min(100, int(value)))
+
+
+async def observe(
+    session: AsyncSession,
+    task: Task,
+    observed: ProviderTask,
+    source: EventKind,
+    *,
+    body: str | None = None,
+    headers: dict[str, Any] | None = None,
+) -> TaskEvent:
+    """Apply what the provider said to `task` (whose row the caller holds locked) and record it.
+
+    The event, the task's new state and its result rows are written in the caller's
+    transaction; the caller commits.
+    """
+    verdict = judge(task, observed, source)
+    return await apply_verdict(
+        session, task, verdict, source, provider_status=observed.status, body=body, headers=headers
+    )
+
+
+async def apply_verdict(
+    session: AsyncSession,
+    task: Task,
+    verdict: Verdict,
+    source: EventKind,
+    *,
+    provider_status: str | None = None,
+    body: str | None = None,
+    headers: dict[str, Any] | None = None,
+) -> TaskEvent:
+    """Write `verdict`: the task's changes, its result rows and the event that explains them."""
+    from_status = task.status
+    if verdict.changes:
+        for name, value in verdict.changes.items():
+            setattr(task, name, value)
+        task.updated_at = datetime.now(UTC)
+    if verdict.result_urls:
+        await session.execute(
+            insert(TaskResult)
+            .values(
+                [
+                    {"task_id": task.id, "index": index, "provider_url": url}
+                    for index, url in enumerate(verdict.result_urls)
+                ]
+            )
+            .on_conflict_do_nothing(index_elements=["task_id", "index"])
+        )
+    moved = verdict.to_status is not None and verdict.to_status.value != from_status
+    event = TaskEvent(
+        task_id=task.id,
+        kind=source.value,
+        outcome=verdict.outcome.value,
+        from_status=from_status if moved else None,
+        to_status=verdict.to_status.value if moved and verdict.to_status else None,
+        provider_status=provider_status,
+        detail=verdict.detail,
+        body=body,
+        headers=headers,
+    )
+    session.add(event)
+    return event

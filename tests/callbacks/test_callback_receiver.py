@@ -1,0 +1,197 @@
+"""The callback receiver: idempotent, monotonic, and closed to strangers."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from app.security import callback_path, callback_token
+from helpers import CALLBACK_SECRET, create_task, events, wait_for_task
+
+
+def url_for(task_id: str) -> str:
+    parsed = uuid.UUID(task_id)
+    return callback_path(parsed, callback_token(CALLBACK_SECRET, parsed))
+
+
+def completed(provider_id: str, n: int = 1) -> dict[str, Any]:
+    return {
+        "id": provider_id,
+        "object": "image.generation.task",
+        "status": "completed",
+        "progress": 100,
+        "results": [f"https://files.example/{provider_id}/{i}.png" for i in range(n)],
+        "usage": {"credits_reserved": 2},
+    }
+
+
+@pytest.fixture
+async def held(api: httpx.AsyncClient) -> dict[str, Any]:
+    """A submitted task the simulator keeps processing until told otherwise."""
+    task = await create_task(api, prompt="hold it [sim:hold]")
+    assert task["status"] == "pending"
+    return task
+
+
+async def test_three_identical_concurrent_deliveries_make_one_transition(
+    api: httpx.AsyncClient, held: dict[str, Any]
+) -> None:
+    """Three copies at once: one applied, two duplicates, one set of results."""
+    body = completed(held["provider_task_id"], n=2)
+    responses = await asyncio.gather(*[api.post(url_for(held["id"]), json=body) for _ in range(3)])
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    assert sorted(r.json()["outcome"] for r in responses) == ["applied", "duplicate", "duplicate"]
+    task = (await api.get(f"/v1/tasks/{held['id']}")).json()
+    assert task["status"] == "completed"
+    assert task["result_count"] == 2
+    callbacks = [e for e in await events(api, held["id"]) if e["kind"] == "callback"]
+    assert [e["to_status"] for e in callbacks].count("completed") == 1
+    assert len(callbacks) == 3
+
+
+async def test_a_late_processing_never_undoes_completed(
+    api: httpx.AsyncClient, held: dict[str, Any]
+) -> None:
+    """`processing` after `completed` is recorded as stale and changes nothing."""
+    url = url_for(held["id"])
+    assert (await api.post(url, json=completed(held["provider_task_id"]))).json()[
+        "outcome"
+    ] == "applied"
+    late = {"id": held["provider_task_id"], "status": "processing", "progress": 40}
+    response = await api.post(url, json=late)
+    assert response.status_code == 200
+    assert response.json()["outcome"] == "stale"
+    task = (await api.get(f"/v1/tasks/{held['id']}")).json()
+    assert (task["status"], task["progress"]) == ("completed", 100)
+
+
+async def test_a_conflicting_terminal_message_is_an_anomaly(
+    api: httpx.AsyncClient, held: dict[str, Any]
+) -> None:
+    """`failed` after `completed` is kept as an anomaly event; the task stays completed."""
+    url = url_for(held["id"])
+    await api.post(url, json=completed(held["provider_task_id"]))
+    failed = {
+        "id": held["provider_task_id"],
+        "status": "failed",
+        "error": {"code": "service_error", "message": "boom"},
+    }
+    response = await api.post(url, json=failed)
+    assert (response.status_code, response.json()["outcome"]) == (200, "anomaly")
+    task = (await api.get(f"/v1/tasks/{held['id']}")).json()
+    assert task["status"] == "completed"
+    assert task["error"] is None
+    anomaly = [e for e in await events(api, held["id"]) if e["outcome"] == "anomaly"]
+    assert len(anomaly) == 1
+    assert "service_error" in anomaly[0]["body"]
+
+
+async def test_a_callback_for_another_provider_task_is_an_anomaly(
+    api: httpx.AsyncClient, held: dict[str, Any]
+) -> None:
+    """A body naming a different provider task does not move ours."""
+    response = await api.post(url_for(held["id"]), json=completed("task-unified-1-someoneelse"))
+    assert response.json()["outcome"] == "anomaly"
+    assert (await api.get(f"/v1/tasks/{held['id']}")).json()["status"] == "pending"
+
+
+async def test_an_unknown_provider_status_is_an_anomaly(
+    api: httpx.AsyncClient, held: dict[str, Any]
+) -> None:
+    """A status outside the contract is kept and not applied."""
+    body = {"id": held["provider_task_id"], "status": "teleported"}
+    response = await api.post(url_for(held["id"]), json=body)
+    assert (response.status_code, response.json()["outcome"]) == (200, "anomaly")
+
+
+async def test_the_simulators_real_callback_then_a_replay(
+    api: httpx.AsyncClient, sim: httpx.AsyncClient, held: dict[str, Any]
+) -> None:
+    """The provider's own delivery applies; replaying its exact body is a duplicate."""
+    await sim.post(f"/_sim/tasks/{held['provider_task_id']}/complete")
+    await wait_for_task(api, held["id"], {"completed"})
+    record = (await sim.get(f"/_sim/tasks/{held['provider_task_id']}")).json()
+    assert [d["status_code"] for d in record["callbacks"]] == [200]
+    first = next(e for e in await events(api, held["id"]) if e["kind"] == "callback")
+    replay = await api.post(
+        url_for(held["id"]), content=first["body"], headers={"Content-Type": "application/json"}
+    )
+    assert replay.json()["outcome"] == "duplicate"
+
+
+@pytest.mark.parametrize(
+    ("path_of", "why"),
+    [
+        (lambda t: url_for(t)[:-1] + ("A" if url_for(t)[-1] != "A" else "B"), "wrong token"),
+        (lambda t: url_for(str(uuid.uuid4())), "unknown task with its own valid token"),
+        (lambda t: f"/v1/callbacks/evolink/{t}/", "empty token"),
+        (lambda t: "/v1/callbacks/evolink/not-a-uuid/abc", "malformed task id"),
+        (lambda t: url_for(t).replace(t, str(uuid.uuid4())), "token of another task"),
+    ],
+)
+async def test_strangers_get_a_bare_404(
+    api: httpx.AsyncClient, held: dict[str, Any], path_of: Any, why: str
+) -> None:
+    """Wrong token or unknown task: 404 with nothing that says which, and nothing recorded."""
+    before = len(await events(api, held["id"]))
+    response = await api.post(path_of(held["id"]), json=completed(held["provider_task_id"]))
+    assert response.status_code == 404, why
+    assert "detail" not in response.json()
+    assert len(await events(api, held["id"])) == before
+    assert (await api.get(f"/v1/tasks/{held['id']}")).json()["status"] == "pending"
+
+
+async def test_a_trailing_slash_is_not_redirected(
+    api: httpx.AsyncClient, held: dict[str, Any]
+) -> None:
+    """The receiver never answers with a redirect, which would lose a POST."""
+    response = await api.post(url_for(held["id"]) + "/", json={})
+    assert response.status_code == 404
+
+
+async def test_an_oversize_body_is_413_and_recorded(
+    api: httpx.AsyncClient, held: dict[str, Any]
+) -> None:
+    """A body over 1 MiB is refused with 413; the attempt shows in the events."""
+    body = b'{"id": "' + b"x" * (1024 * 1024) + b'"}'
+    response = await api.post(url_for(held["id"]), content=body)
+    assert response.status_code == 413
+    rejected = [e for e in await events(api, held["id"]) if e["outcome"] == "rejected"]
+    assert len(rejected) == 1
+    assert "over the limit" in rejected[0]["detail"]
+
+
+async def test_an_oversize_chunked_body_is_413(
+    api: httpx.AsyncClient, held: dict[str, Any]
+) -> None:
+    """Without a Content-Length, the limit still holds while reading."""
+
+    async def chunks() -> Any:
+        for _ in range(20):
+            yield b"y" * 65536
+
+    response = await api.post(url_for(held["id"]), content=chunks())
+    assert response.status_code == 413
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"{not json", b"[1, 2]", b'{"status": "completed"}', b'{"id": 5, "status": []}', b"\xff\xfe"],
+)
+async def test_a_malformed_body_is_400_and_recorded(
+    api: httpx.AsyncClient, held: dict[str, Any], body: bytes
+) -> None:
+    """Unreadable bodies are refused with 400, kept as rejected events, and move nothing."""
+    response = await api.post(
+        url_for(held["id"]), content=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/problem+json"
+    rejected = [e for e in await events(api, held["id"]) if e["outcome"] == "rejected"]
+    assert len(rejected) == 1
+    assert rejected[0]["body"] is not None
+    assert (await api.get(f"/v1/tasks/{held['id']}")).json()["status"] == "pending"

@@ -1,0 +1,170 @@
+"""A real, migrated Postgres for the whole run, and the service and simulator over real HTTP.
+
+The Postgres is the server at EDITHOOK_TEST_DATABASE_URL if set, else 127.0.0.1:5432 if it
+answers, else an embedded one; the run creates its own database there and drops it after.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from fastapi import FastAPI
+
+from app.evolink.simulator import SimulatorConfig, create_simulator_app
+from app.main import create_app
+from app.migrate import upgrade
+from app.resources import Resources
+from app.servers import RunningServer, bind, socket_url, start_server
+from app.settings import Settings
+from helpers import ALPHA_KEY, BETA_KEY, CALLBACK_SECRET, with_database
+
+LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _answers(url: str) -> bool:
+    try:
+        with psycopg.connect(url, connect_timeout=3):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def admin_url() -> Iterator[str]:
+    """A URL on a Postgres server where the run may create and drop its own database."""
+    explicit = os.environ.get("EDITHOOK_TEST_DATABASE_URL")
+    if explicit:
+        yield explicit
+        return
+    if _answers(LOCAL_POSTGRES):
+        yield LOCAL_POSTGRES
+        return
+    import pgserver
+
+    with tempfile.TemporaryDirectory(prefix="edithook-pg-") as data_dir:
+        server = pgserver.get_server(Path(data_dir), cleanup_mode="stop")
+        yield server.get_uri()
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def database_url(admin_url: str) -> Iterator[str]:
+    """A fresh database, migrated to head, dropped when the run ends."""
+    name = f"edithook_test_{secrets.token_hex(4)}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = with_database(admin_url, name)
+    upgrade(url)
+    yield url
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def truncate(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE tasks, task_events, task_results")
+
+
+FAST_SIMULATOR = SimulatorConfig(
+    pending_seconds=0.05,
+    processing_seconds=0.2,
+    callback_retry_delays=(0.1, 0.2, 0.4),
+    callback_timeout_seconds=2.0,
+)
+
+
+@pytest.fixture(scope="session")
+async def simulator() -> AsyncIterator[RunningServer]:
+    """The EvoLink simulator on a loopback port, with timings shortened for tests."""
+    running = await start_server(create_simulator_app(FAST_SIMULATOR))
+    yield running
+    await running.stop()
+
+
+@dataclass
+class Service:
+    """The API served on a real port, and the resources it runs on."""
+
+    server: RunningServer
+    app: FastAPI
+    settings: Settings
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def resources(self) -> Resources:
+        resources: Resources = self.app.state.resources
+        return resources
+
+
+def make_settings(
+    database_url: str, provider_url: str, public_url: str, **extra: object
+) -> Settings:
+    return Settings(
+        environment="development",
+        database_url=database_url,
+        evolink_base_url=provider_url,
+        evolink_api_key="sk-test-key",  # type: ignore[arg-type]
+        public_base_url=public_url,
+        callback_secret=CALLBACK_SECRET,  # type: ignore[arg-type]
+        api_keys=f"alpha:{ALPHA_KEY},beta:{BETA_KEY}",  # type: ignore[arg-type]
+        submit_max_wait_seconds=3.0,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(scope="session")
+async def service(database_url: str, simulator: RunningServer) -> AsyncIterator[Service]:
+    sock = bind()
+    settings = make_settings(database_url, simulator.url, socket_url(sock))
+    app = create_app(settings)
+    running = await start_server(app, sock=sock)
+    yield Service(server=running, app=app, settings=settings)
+    await running.stop()
+
+
+@pytest.fixture
+async def clean_db(database_url: str) -> None:
+    """An empty set of tables for the test."""
+    truncate(database_url)
+
+
+@pytest.fixture
+async def api(service: Service, clean_db: None) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client for the service, authenticated as client `alpha`."""
+    headers = {"Authorization": f"Bearer {ALPHA_KEY}"}
+    async with httpx.AsyncClient(base_url=service.url, headers=headers, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+async def beta_api(service: Service) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client for the service, authenticated as client `beta`."""
+    headers = {"Authorization": f"Bearer {BETA_KEY}"}
+    async with httpx.AsyncClient(base_url=service.url, headers=headers, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+async def sim(simulator: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client for the simulator; faults set by a test are cleared after it."""
+    async with httpx.AsyncClient(
+        base_url=simulator.url, headers={"Authorization": "Bearer sk-test-key"}, timeout=30
+    ) as client:
+        yield client
+        await client.delete("/_sim/faults")
+
+
+@pytest.fixture
+def service_url(service: Service, clean_db: None) -> str:
+    return service.url

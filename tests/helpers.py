@@ -1,0 +1,54 @@
+"""Small helpers shared by the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+ALPHA_KEY = "alpha-key-0123456789"
+BETA_KEY = "beta-key-0123456789"
+CALLBACK_SECRET = "test-callback-secret-0123456789-abcdef"
+
+VALID_EDIT: dict[str, Any] = {
+    "prompt": "Replace the background with a snowy mountain range",
+    "image_urls": ["https://cdn.example.com/in/abc123.png"],
+}
+
+
+async def wait_for_task(
+    api: httpx.AsyncClient, task_id: str, statuses: set[str], within: float = 15.0
+) -> dict[str, Any]:
+    """Poll the task until its status is one of `statuses`; fail the test after `within` seconds."""
+    deadline = time.monotonic() + within
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        response = await api.get(f"/v1/tasks/{task_id}")
+        assert response.status_code == 200, response.text
+        body = response.json()
+        if body["status"] in statuses:
+            return body
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"task {task_id} stayed {body.get('status')!r}, wanted {statuses}")
+
+
+async def create_task(api: httpx.AsyncClient, **overrides: Any) -> dict[str, Any]:
+    response = await api.post("/v1/tasks", json={**VALID_EDIT, **overrides})
+    assert response.status_code == 202, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def events(api: httpx.AsyncClient, task_id: str) -> list[dict[str, Any]]:
+    response = await api.get(f"/v1/tasks/{task_id}/events")
+    assert response.status_code == 200, response.text
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
+
+
+def with_database(url: str, name: str) -> str:
+    """`url` pointed at the database `name` on the same server."""
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
