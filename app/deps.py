@@ -29,7 +29,9 @@ async def get_session(resources: ResourcesDep) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+# scope="function": the transaction ends before the response is sent, so a 2xx always
+# follows the commit and no connection idles in a transaction while the client reads.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
 def get_caller(

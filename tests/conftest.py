@@ -68,9 +68,10 @@ def database_url(admin_url: str) -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def truncate(database_url: str) -> None:
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE tasks, task_events, task_results")
+async def truncate(database_url: str) -> None:
+    """Empty every table; async, so the in-process servers keep serving meanwhile."""
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await conn.execute("TRUNCATE tasks, task_events, task_results")
 
 
 FAST_SIMULATOR = SimulatorConfig(
@@ -136,7 +137,7 @@ async def service(database_url: str, simulator: RunningServer) -> AsyncIterator[
 @pytest.fixture
 async def clean_db(database_url: str) -> None:
     """An empty set of tables for the test."""
-    truncate(database_url)
+    await truncate(database_url)
 
 
 @pytest.fixture
