@@ -1,9 +1,10 @@
-"""`edithook dev | serve | migrate | simulator`."""
+"""`edithook dev | serve | worker | migrate | simulator`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -51,6 +52,26 @@ def serve() -> int:
     return 0
 
 
+def worker() -> int:
+    """The production worker process."""
+    settings = _load_settings()
+    try:
+        settings.check()
+    except ConfigError as exc:
+        return _fail(exc.problems)
+    configure_logging(settings.log_level)
+    asyncio.run(_run_worker(settings))
+    return 0
+
+
+async def _run_worker(settings: Settings) -> None:
+    from app.resources import open_resources
+    from app.worker import run_worker
+
+    async with open_resources(settings) as resources:
+        await run_worker(resources)
+
+
 def migrate() -> int:
     """Apply every pending migration."""
     settings = _load_settings()
@@ -94,7 +115,9 @@ async def _run_dev(data_dir: Path) -> None:
     from app.evolink.simulator import create_simulator_app
     from app.main import create_app
     from app.migrate import upgrade_async
+    from app.resources import open_resources
     from app.servers import bind, socket_url, start_server
+    from app.worker import run_worker
 
     env = os.environ
     database_url = env.get("EDITHOOK_DATABASE_URL") or _embedded_database(data_dir)
@@ -110,36 +133,51 @@ async def _run_dev(data_dir: Path) -> None:
         public_base_url=env.get("EDITHOOK_PUBLIC_BASE_URL", socket_url(api_socket)),
         callback_secret=env.get("EDITHOOK_CALLBACK_SECRET", DEV_CALLBACK_SECRET),
         api_keys=env.get("EDITHOOK_API_KEYS", DEV_API_KEYS),
+        storage_url=env.get("EDITHOOK_STORAGE_URL", str(data_dir.parent / "results")),
+        # Short enough to see reconciliation work in a demo.
+        poll_floor_seconds=float(env.get("EDITHOOK_POLL_FLOOR_SECONDS", "5")),
     )
     problems = [p for p in settings.problems() if "API_KEYS has keys shorter" not in p]
     if problems:
         raise SystemExit(_fail(problems))
     api_server = await start_server(create_app(settings), sock=api_socket, log_level="info")
+    async with open_resources(settings) as resources:
+        worker = asyncio.create_task(run_worker(resources, install_signal_handlers=False))
+        _print_banner(settings, api_server.url, database_url, data_dir)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await asyncio.wait(
+                [asyncio.create_task(stop.wait()), worker], return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+            await api_server.stop()
+            await simulator_server.stop()
+
+
+def _print_banner(settings: Settings, api_url: str, database_url: str, data_dir: Path) -> None:
     key, client = next(iter(settings.client_keys.items()))
     where = (
         f"embedded Postgres in {data_dir}" if "host=/" in database_url else "EDITHOOK_DATABASE_URL"
     )
     print(
-        f"\nedithook dev is running\n"
-        f"  API        {api_server.url}   (docs: {api_server.url}/docs)\n"
+        f"\nedithook dev is running (API, worker and the EvoLink simulator in one process)\n"
+        f"  API        {api_url}   (docs: {api_url}/docs)\n"
         f"  provider   {settings.evolink_base_url}   (the EvoLink simulator)\n"
         f"  database   {where}\n"
+        f"  results    {settings.storage_url}\n"
         f"  client key {client}: Authorization: Bearer {key}\n"
         f"Try:\n"
-        f"  curl -s -X POST {api_server.url}/v1/tasks -H 'Authorization: Bearer {key}' \\\n"
-        f"    -H 'Content-Type: application/json' \\\n"
+        f"  curl -s -X POST {api_url}/v1/tasks -H 'Authorization: Bearer {key}' \\\n"
+        f"    -H 'Content-Type: application/json' -H 'Prefer: wait=10' \\\n"
         f'    -d \'{{"prompt": "make it snow", "image_urls": ["https://example.com/in.png"]}}\'\n',
         flush=True,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await api_server.stop()
-        await simulator_server.stop()
 
 
 def dev(data_dir: Path) -> int:
@@ -160,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         help="where the embedded Postgres keeps its data (default: var/pgdata)",
     )
     commands.add_parser("serve", help="run the API (production)")
+    commands.add_parser("worker", help="run the background worker (production)")
     commands.add_parser("migrate", help="apply database migrations")
     sim_parser = commands.add_parser("simulator", help="run the EvoLink simulator alone")
     sim_parser.add_argument("--port", type=int, default=8100)
@@ -169,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             return dev(args.data_dir)
         case "serve":
             return serve()
+        case "worker":
+            return worker()
         case "migrate":
             return migrate()
         case "simulator":

@@ -14,6 +14,7 @@ from app.callbacks.routes import router as callbacks_router
 from app.deps import ResourcesDep
 from app.errors import install_error_handlers
 from app.resources import Resources, open_resources
+from app.results.routes import router as results_router
 from app.settings import Settings
 from app.tasks.routes import router as tasks_router
 
@@ -37,7 +38,7 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
             yield
             return
         assert settings is not None
-        async with open_resources(settings) as opened:
+        async with open_resources(settings, listen=True) as opened:
             app.state.resources = opened
             yield
 
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
     )
     install_error_handlers(app)
     app.include_router(tasks_router)
+    app.include_router(results_router)
     app.include_router(callbacks_router)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")

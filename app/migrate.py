@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -11,6 +12,15 @@ from alembic.config import Config
 import migrations
 
 MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
+
+
+def include_object(
+    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+) -> bool:
+    """Leave procrastinate's tables to its own SQL; they are installed, not modelled."""
+    table = getattr(obj, "table", obj) if type_ in ("index", "column", "unique_constraint") else obj
+    table_name = getattr(table, "name", name) or ""
+    return not str(table_name).startswith("procrastinate_")
 
 
 def alembic_config(database_url: str) -> Config:

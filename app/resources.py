@@ -5,14 +5,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import httpx
+import procrastinate
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.db import create_engine, create_sessionmaker
 from app.evolink.client import EvoLinkClient, build_http_client
+from app.jobs import create_job_app
+from app.results.storage import ResultStorage
 from app.security import ApiKeys
-from app.settings import Settings
+from app.settings import Settings, is_loopback_host
+from app.waiting import TaskWaiter
 
 
 @dataclass
@@ -20,32 +25,58 @@ class Resources:
     settings: Settings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
-    provider_http: httpx.AsyncClient
     evolink: EvoLinkClient
     api_keys: ApiKeys
+    job_app: procrastinate.App
+    storage: ResultStorage
+    # Result downloads get their own client: other hosts, other limits than the provider API.
+    download_http: httpx.AsyncClient
+    # Only the API listens for task changes (for `Prefer: wait`); workers only notify.
+    waiter: TaskWaiter | None = None
+
+    @property
+    def provider_on_loopback(self) -> bool:
+        """True when the provider is local (the simulator); its result links are then too."""
+        return is_loopback_host(urlsplit(self.settings.evolink_base_url).hostname)
 
 
 @asynccontextmanager
-async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
-    """Build the engine and the provider client for `settings`; close them on exit."""
+async def open_resources(settings: Settings, *, listen: bool = False) -> AsyncIterator[Resources]:
+    """Build the engine, job app, storage and HTTP clients for `settings`; close them on exit.
+
+    With `listen`, also a TaskWaiter holding one LISTEN connection for waiting requests.
+    """
     engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
     provider_http = build_http_client(
         connect_timeout=settings.provider_connect_timeout_seconds,
         read_timeout=settings.provider_read_timeout_seconds,
     )
+    download_http = build_http_client(connect_timeout=10.0, read_timeout=60.0)
+    job_app = create_job_app(settings.database_url)
+    waiter = TaskWaiter(settings.database_url) if listen else None
     try:
+        await job_app.open_async()
+        if waiter is not None:
+            await waiter.start()
         yield Resources(
             settings=settings,
             engine=engine,
             sessions=create_sessionmaker(engine),
-            provider_http=provider_http,
             evolink=EvoLinkClient(
                 provider_http,
                 settings.evolink_base_url,
                 settings.evolink_api_key.get_secret_value(),
             ),
             api_keys=ApiKeys(settings.client_keys),
+            job_app=job_app,
+            storage=ResultStorage(settings.storage_url),
+            download_http=download_http,
+            waiter=waiter,
         )
     finally:
+        if waiter is not None:
+            await waiter.stop()
+        await job_app.close_async()
+        await download_http.aclose()
         await provider_http.aclose()
         await engine.dispose()

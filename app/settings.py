@@ -73,8 +73,20 @@ class Settings(BaseSettings):
     callback_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     provider_connect_timeout_seconds: float = Field(default=5.0, gt=0)
     provider_read_timeout_seconds: float = Field(default=30.0, gt=0)
-    submit_attempts: int = Field(default=3, ge=1, le=10)
-    submit_max_wait_seconds: float = Field(default=10.0, ge=0)
+    # A create the provider certainly did not act on is retried, with backoff, this many times.
+    submit_attempts: int = Field(default=8, ge=1, le=30)
+    # A create whose outcome is unknown fails the task after this long without any word.
+    submit_unknown_timeout_seconds: float = Field(default=900.0, gt=0)
+    # A task is polled once it is past max(floor, factor * the provider's estimate), then
+    # again at that interval; at most `polls_per_minute` polls across all workers' runs.
+    poll_factor: float = Field(default=2.0, ge=1.0)
+    poll_floor_seconds: float = Field(default=60.0, ge=0)
+    polls_per_minute: int = Field(default=120, ge=1)
+    storage_url: str = "var/results"
+    result_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
+    result_link_ttl_hours: float = Field(default=24.0, gt=0)
+    event_retention_days: int = Field(default=30, ge=1)
+    worker_concurrency: int = Field(default=4, ge=1, le=64)
 
     @field_validator("evolink_base_url", "public_base_url")
     @classmethod

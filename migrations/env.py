@@ -9,6 +9,7 @@ from sqlalchemy.engine import Connection
 
 from app import models  # noqa: F401 - registers every table on Base.metadata
 from app.db import Base, create_engine
+from app.migrate import include_object
 from app.settings import get_settings
 
 config = context.config
@@ -27,6 +28,7 @@ def _run(connection: Connection) -> None:
         connection=connection,
         target_metadata=target_metadata,
         compare_type=True,
+        include_object=include_object,
         transaction_per_migration=True,
     )
     with context.begin_transaction():

@@ -6,6 +6,8 @@ answers, else an embedded one; the run creates its own database there and drops 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import secrets
 import tempfile
@@ -24,6 +26,7 @@ from app.migrate import upgrade
 from app.resources import Resources
 from app.servers import RunningServer, bind, socket_url, start_server
 from app.settings import Settings
+from app.worker import run_worker
 from helpers import ALPHA_KEY, BETA_KEY, CALLBACK_SECRET, with_database
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -71,7 +74,14 @@ def database_url(admin_url: str) -> Iterator[str]:
 async def truncate(database_url: str) -> None:
     """Empty every table; async, so the in-process servers keep serving meanwhile."""
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        await conn.execute("TRUNCATE tasks, task_events, task_results")
+        # The in-process worker may still be finishing the previous test's jobs.
+        for attempt in range(5):
+            try:
+                await conn.execute("TRUNCATE tasks, task_events, task_results")
+                break
+            except psycopg.errors.DeadlockDetected:
+                await asyncio.sleep(0.1 * (attempt + 1))
+        await conn.execute("DELETE FROM procrastinate_jobs WHERE status <> 'doing'")
 
 
 FAST_SIMULATOR = SimulatorConfig(
@@ -119,18 +129,28 @@ def make_settings(
         public_base_url=public_url,
         callback_secret=CALLBACK_SECRET,  # type: ignore[arg-type]
         api_keys=f"alpha:{ALPHA_KEY},beta:{BETA_KEY}",  # type: ignore[arg-type]
-        submit_max_wait_seconds=3.0,
+        submit_attempts=4,
         **extra,  # type: ignore[arg-type]
     )
 
 
 @pytest.fixture(scope="session")
-async def service(database_url: str, simulator: RunningServer) -> AsyncIterator[Service]:
+async def service(
+    database_url: str, simulator: RunningServer, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Service]:
+    """The API on a real port, with a worker running in the same event loop."""
     sock = bind()
-    settings = make_settings(database_url, simulator.url, socket_url(sock))
+    storage = tmp_path_factory.mktemp("results")
+    public_url = socket_url(sock)
+    settings = make_settings(database_url, simulator.url, public_url, storage_url=str(storage))
     app = create_app(settings)
     running = await start_server(app, sock=sock)
+    resources: Resources = app.state.resources
+    worker = asyncio.create_task(run_worker(resources, install_signal_handlers=False))
     yield Service(server=running, app=app, settings=settings)
+    worker.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await worker
     await running.stop()
 
 

@@ -8,12 +8,13 @@ import signal
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import httpx
 
 from app.security import callback_token
 from app.servers import RunningServer, bind, socket_url
-from helpers import ALPHA_KEY, CALLBACK_SECRET, VALID_EDIT, wait_for_task
+from helpers import ALPHA_KEY, CALLBACK_SECRET, VALID_EDIT
 
 EDITHOOK = [sys.executable, "-m", "app.cli"]
 
@@ -75,10 +76,10 @@ def test_migrate_without_a_database_says_so() -> None:
     assert "EDITHOOK_DATABASE_URL" in result.stderr
 
 
-async def test_serve_runs_a_task_and_never_logs_a_callback_token(
-    database_url: str, simulator: RunningServer, clean_db: None
+async def test_serve_and_worker_run_a_task_and_never_log_a_callback_token(
+    database_url: str, simulator: RunningServer, clean_db: None, tmp_path: Path
 ) -> None:
-    """A real `serve` process completes a task via its callback; its logs hold no token."""
+    """Real `serve` and `worker` processes complete a task; their logs hold no token."""
     sock = bind()
     public_url = socket_url(sock)
     port = sock.getsockname()[1]
@@ -93,13 +94,17 @@ async def test_serve_runs_a_task_and_never_logs_a_callback_token(
         EDITHOOK_API_KEYS=f"alpha:{ALPHA_KEY}",
         EDITHOOK_HOST="127.0.0.1",
         EDITHOOK_PORT=str(port),
+        EDITHOOK_STORAGE_URL=str(tmp_path / "results"),
     )
-    process = await asyncio.create_subprocess_exec(
-        *EDITHOOK, "serve", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+    processes = [
+        await asyncio.create_subprocess_exec(
+            *EDITHOOK, command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        for command in ("serve", "worker")
+    ]
     try:
         async with httpx.AsyncClient(
-            base_url=public_url, headers={"Authorization": f"Bearer {ALPHA_KEY}"}
+            base_url=public_url, headers={"Authorization": f"Bearer {ALPHA_KEY}"}, timeout=30
         ) as api:
             for _ in range(200):
                 try:
@@ -108,11 +113,15 @@ async def test_serve_runs_a_task_and_never_logs_a_callback_token(
                 except httpx.TransportError:
                     await asyncio.sleep(0.05)
             task = (await api.post("/v1/tasks", json=VALID_EDIT)).json()
-            await wait_for_task(api, task["id"], {"completed"})
+            settled = await api.get(f"/v1/tasks/{task['id']}", headers={"Prefer": "wait=30"})
+            assert settled.json()["status"] == "completed"
+            assert settled.json()["results_stored"] is True
     finally:
-        process.send_signal(signal.SIGTERM)
-        output, _ = await process.communicate()
-    logs = output.decode()
+        outputs = []
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+            outputs.append((await process.communicate())[0].decode())
+    logs = "\n".join(outputs)
     token = callback_token(CALLBACK_SECRET, uuid.UUID(task["id"]))
     assert f"/v1/callbacks/evolink/{task['id']}/[redacted]" in logs
     assert token not in logs

@@ -13,7 +13,7 @@ from sqlalchemy import create_engine
 
 from app import models  # noqa: F401 - registers the tables
 from app.db import Base
-from app.migrate import downgrade, upgrade
+from app.migrate import downgrade, include_object, upgrade
 from helpers import with_database
 
 
@@ -31,7 +31,9 @@ def _diff(url: str) -> list[object]:
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     try:
         with engine.connect() as connection:
-            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            context = MigrationContext.configure(
+                connection, opts={"compare_type": True, "include_object": include_object}
+            )
             return list(compare_metadata(context, Base.metadata))
     finally:
         engine.dispose()
@@ -47,10 +49,12 @@ def test_every_migration_downgrades_and_upgrades_again(scratch_url: str) -> None
     upgrade(scratch_url)
     downgrade(scratch_url, "base")
     with psycopg.connect(scratch_url) as conn:
-        tables = conn.execute(
+        leftovers = conn.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
             " AND table_name <> 'alembic_version'"
-        ).fetchone()
-    assert tables == (0,)
+            " UNION ALL SELECT count(*) FROM pg_proc WHERE proname LIKE 'procrastinate%'"
+            " UNION ALL SELECT count(*) FROM pg_type WHERE typname LIKE 'procrastinate%'"
+        ).fetchall()
+    assert leftovers == [(0,), (0,), (0,)]
     upgrade(scratch_url)
     assert _diff(scratch_url) == []

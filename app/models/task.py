@@ -52,6 +52,8 @@ class Task(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     # How the task reached its terminal state: by a callback, a poll, or our own decision.
     resolved_by: Mapped[str | None] = mapped_column(Text)
+    polled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    poll_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.clock_timestamp()
     )
@@ -65,7 +67,7 @@ class Task(Base):
         CheckConstraint(_one_of("status", TaskStatus), name="status"),
         CheckConstraint("progress BETWEEN 0 AND 100", name="progress"),
         CheckConstraint(
-            "resolved_by IS NULL OR resolved_by IN ('callback', 'poll', 'submission')",
+            "resolved_by IS NULL OR resolved_by IN ('callback', 'poll', 'submission', 'system')",
             name="resolved_by",
         ),
         # Newest-first listing per client, optionally narrowed to one status.
@@ -76,6 +78,17 @@ class Task(Base):
             "status",
             text("created_at DESC"),
             text("id DESC"),
+        ),
+        Index(
+            "ix_tasks_in_flight",
+            "status",
+            "updated_at",
+            postgresql_where=text("status IN ('queued', 'submitting', 'pending', 'processing')"),
+        ),
+        Index(
+            "ix_tasks_finished_at",
+            "finished_at",
+            postgresql_where=text("finished_at IS NOT NULL"),
         ),
         Index(
             "uq_tasks_client_idempotency_key",
@@ -115,6 +128,8 @@ class TaskEvent(Base):
         CheckConstraint(_one_of("kind", EventKind), name="kind"),
         CheckConstraint(_one_of("outcome", EventOutcome), name="outcome"),
         Index("ix_task_events_task_id_id", "task_id", "id"),
+        # Retention prunes raw bodies by age.
+        Index("ix_task_events_retained", "created_at", postgresql_where=text("body IS NOT NULL")),
     )
 
 
@@ -143,4 +158,5 @@ class TaskResult(Base):
     __table_args__ = (
         CheckConstraint(_one_of("status", ResultStatus), name="status"),
         UniqueConstraint("task_id", "index"),
+        Index("ix_task_results_pending", "task_id", postgresql_where=text("status = 'pending'")),
     )

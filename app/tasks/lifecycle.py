@@ -43,6 +43,8 @@ class EventKind(StrEnum):
     SUBMISSION = "submission"
     CALLBACK = "callback"
     POLL = "poll"
+    STORAGE = "storage"  # copying result images into our storage
+    SYSTEM = "system"  # edithook's own decisions, such as giving up on a silent submission
 
 
 class EventOutcome(StrEnum):

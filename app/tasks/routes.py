@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
@@ -11,10 +10,12 @@ from fastapi import APIRouter, Header, Query, Response
 
 from app.db import transaction
 from app.deps import CallerDep, ResourcesDep, SessionDep
-from app.errors import NotFound
+from app.errors import Conflict, NotFound
 from app.models import TaskEvent, TaskResult
+from app.resources import Resources
 from app.tasks import service
-from app.tasks.lifecycle import ResultStatus, TaskStatus
+from app.tasks.lifecycle import EventOutcome, ResultStatus, TaskStatus
+from app.tasks.reconcile import poll_task
 from app.tasks.schemas import (
     EventPage,
     EventRead,
@@ -26,9 +27,18 @@ from app.tasks.schemas import (
     TaskPage,
     TaskRead,
 )
-from app.tasks.submission import submit_task
+from app.waiting import parse_prefer_wait
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+
+MAX_WAIT_SECONDS = 60.0
+PreferHeader = Annotated[
+    str | None,
+    Header(
+        description="`wait=N` (N ≤ 60): hold the answer until the task is settled or N s pass.",
+        examples=["wait=30"],
+    ),
+]
 
 PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
@@ -75,9 +85,10 @@ def to_read(view: service.TaskView) -> TaskRead:
     status_code=202,
     summary="Create an edit task",
     description=(
-        "Stores the task, submits it to EvoLink and answers 202 with its state. With an "
-        "`Idempotency-Key`, a repeat of the same body returns the same task "
-        "(`Idempotent-Replayed: true`) and submits nothing; the same key with another body is 409."
+        "Stores the task with its submission job and answers 202 with its state; a worker "
+        "submits it to EvoLink. With an `Idempotency-Key`, a repeat of the same body returns the "
+        "same task (`Idempotent-Replayed: true`) and submits nothing; the same key with another "
+        "body is 409."
     ),
     responses={
         409: {"description": "Idempotency-Key reused with a different body.", **PROBLEM},
@@ -93,20 +104,21 @@ async def create_task(
         str | None,
         Header(min_length=1, max_length=255, description="Makes retries of this request safe."),
     ] = None,
+    prefer: PreferHeader = None,
 ) -> TaskRead:
     async with transaction(resources.sessions) as session:
         task, created = await service.create_task(session, caller, body, idempotency_key)
-    if task.status == TaskStatus.QUEUED:
-        # Shielded: a client hanging up must not cut a submission off between the provider's
-        # answer and our record of it.
-        await asyncio.shield(
-            submit_task(resources.sessions, resources.evolink, resources.settings, task.id)
+        view = (
+            service.TaskView(task, result_count=0, stored_count=0, pending_count=0)
+            if created
+            else await service.get_task(session, caller, task.id)
         )
-    async with resources.sessions() as session:
-        view = await service.get_task(session, caller, task.id)
     response.headers["Location"] = f"/v1/tasks/{task.id}"
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
+    wait = parse_prefer_wait(prefer, maximum=MAX_WAIT_SECONDS)
+    if wait:
+        view = await wait_until_settled(resources, caller, task.id, wait, response)
     return to_read(view)
 
 
@@ -134,9 +146,73 @@ async def list_tasks(
     return TaskPage(items=[to_read(view) for view in views], next_cursor=next_cursor)
 
 
-@router.get("/{task_id}", summary="Get one task", responses=NOT_FOUND)
-async def get_task(task_id: str, caller: CallerDep, session: SessionDep) -> TaskRead:
-    return to_read(await service.get_task(session, caller, parse_task_id(task_id)))
+@router.get(
+    "/{task_id}",
+    summary="Get one task",
+    description=(
+        "With `Prefer: wait=N` (N ≤ 60) the answer is held until the task is settled — "
+        "terminal, with every result image stored or failed — or N seconds pass; "
+        "`Edithook-Wait` then says `settled` or `timed-out`."
+    ),
+    responses=NOT_FOUND,
+)
+async def get_task(
+    task_id: str,
+    caller: CallerDep,
+    resources: ResourcesDep,
+    response: Response,
+    prefer: PreferHeader = None,
+) -> TaskRead:
+    parsed = parse_task_id(task_id)
+    async with resources.sessions() as session:
+        view = await service.get_task(session, caller, parsed)
+    wait = parse_prefer_wait(prefer, maximum=MAX_WAIT_SECONDS)
+    if wait and not view.settled:
+        view = await wait_until_settled(resources, caller, parsed, wait, response)
+    return to_read(view)
+
+
+async def wait_until_settled(
+    resources: Resources, caller: str, task_id: uuid.UUID, seconds: float, response: Response
+) -> service.TaskView:
+    """Hold until the task is settled or `seconds` pass; woken by NOTIFY, not by polling.
+
+    No session is held while waiting: each check takes a connection for one query.
+    """
+    latest: list[service.TaskView] = []
+
+    async def settled() -> bool:
+        async with resources.sessions() as session:
+            latest[:] = [await service.get_task(session, caller, task_id)]
+        return latest[0].settled
+
+    assert resources.waiter is not None, "the API opens its resources with a waiter"
+    done = await resources.waiter.wait_until(task_id, settled, seconds)
+    response.headers["Preference-Applied"] = f"wait={seconds:g}"
+    response.headers["Edithook-Wait"] = "settled" if done else "timed-out"
+    if not latest:  # the waiter always checks once; this only guards the type
+        await settled()
+    return latest[-1]
+
+
+@router.post(
+    "/{task_id}/refresh",
+    summary="Poll EvoLink for this task now",
+    description=(
+        "Asks EvoLink for the task's state and applies the answer exactly as a callback would "
+        "be applied. 409 when the task has no EvoLink id yet."
+    ),
+    responses={**NOT_FOUND, 409: {"description": "Not submitted yet.", **PROBLEM}},
+)
+async def refresh_task(task_id: str, caller: CallerDep, resources: ResourcesDep) -> TaskRead:
+    parsed = parse_task_id(task_id)
+    async with resources.sessions() as session:
+        await service.get_task(session, caller, parsed)
+    result = await poll_task(resources, parsed)
+    if result.outcome == EventOutcome.REJECTED:
+        raise Conflict("The task has not been accepted by EvoLink yet; nothing to poll.")
+    async with resources.sessions() as session:
+        return to_read(await service.get_task(session, caller, parsed))
 
 
 def _result_read(result: TaskResult) -> ResultRead:

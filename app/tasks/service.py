@@ -17,19 +17,27 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import BadRequest, Conflict, NotFound
+from app.jobs import SUBMIT_TASK, enqueue
 from app.models import Task, TaskEvent, TaskResult
-from app.tasks.lifecycle import EventKind, EventOutcome, ResultStatus, TaskStatus
+from app.tasks.lifecycle import TERMINAL, EventKind, EventOutcome, ResultStatus, TaskStatus
 from app.tasks.schemas import TaskCreate
 
 _result_count = (
     select(func.count()).where(TaskResult.task_id == Task.id).correlate(Task).scalar_subquery()
 )
-_stored_count = (
-    select(func.count())
-    .where(TaskResult.task_id == Task.id, TaskResult.status == ResultStatus.STORED.value)
-    .correlate(Task)
-    .scalar_subquery()
-)
+
+
+def _count_in(status: ResultStatus) -> Any:
+    return (
+        select(func.count())
+        .where(TaskResult.task_id == Task.id, TaskResult.status == status.value)
+        .correlate(Task)
+        .scalar_subquery()
+    )
+
+
+_stored_count = _count_in(ResultStatus.STORED)
+_pending_count = _count_in(ResultStatus.PENDING)
 
 
 @dataclass
@@ -39,10 +47,16 @@ class TaskView:
     task: Task
     result_count: int
     stored_count: int
+    pending_count: int
+
+    @property
+    def settled(self) -> bool:
+        """Terminal, and no result still waiting to be copied: nothing more will change."""
+        return self.task.status in TERMINAL and self.pending_count == 0
 
 
-def _with_counts() -> Select[Task, int, int]:
-    return select(Task, _result_count, _stored_count)
+def _with_counts() -> Select[Task, int, int, int]:
+    return select(Task, _result_count, _stored_count, _pending_count)
 
 
 def request_hash(body: TaskCreate) -> str:
@@ -78,6 +92,8 @@ async def create_task(
         )
     task = (await session.execute(statement.returning(Task))).scalar_one_or_none()
     if task is not None:
+        # The submission job commits with the task: no stored task is left without one.
+        await enqueue(session, SUBMIT_TASK, {"task_id": str(task.id)})
         session.add(
             TaskEvent(
                 task_id=task.id,
@@ -107,7 +123,7 @@ async def get_task(session: AsyncSession, client: str, task_id: uuid.UUID) -> Ta
     ).one_or_none()
     if row is None:
         raise NotFound("No such task.")
-    return TaskView(row[0], row[1], row[2])
+    return TaskView(row[0], row[1], row[2], row[3])
 
 
 async def list_tasks(
@@ -133,7 +149,7 @@ async def list_tasks(
         query = query.where(tuple_(Task.created_at, Task.id) < tuple_(after_created, after_id))
     query = query.order_by(Task.created_at.desc(), Task.id.desc()).limit(limit + 1)
     rows = (await session.execute(query)).all()
-    views = [TaskView(row[0], row[1], row[2]) for row in rows[:limit]]
+    views = [TaskView(row[0], row[1], row[2], row[3]) for row in rows[:limit]]
     next_cursor = None
     if len(rows) > limit:
         last = views[-1].task

@@ -1,19 +1,25 @@
-"""Sending a stored task to the provider, at most once."""
+"""Sending a stored task to the provider, at most once.
+
+EvoLink has no idempotency key, so a create may be repeated only when the provider certainly
+did not act on it (a refused connection, 429, 5xx). When the outcome is unknown — the request
+went out and no answer came back — the task stays `submitting` and is never sent again: its
+callback, whose URL names our task, or the reconciler's time limit settles it.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from datetime import UTC, datetime
 
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import transaction
-from app.evolink.client import EvoLinkClient, EvoLinkError
+from app.evolink.client import EvoLinkError
 from app.evolink.schemas import CreateRequest
 from app.models import Task
+from app.resources import Resources
 from app.security import callback_path, callback_token
 from app.settings import Settings
 from app.tasks.lifecycle import EventKind, EventOutcome, TaskStatus
@@ -21,7 +27,8 @@ from app.tasks.transitions import Verdict, apply_verdict, observe
 
 logger = logging.getLogger("edithook.submission")
 
-BACKOFF_SECONDS = (0.5, 1.0, 2.0, 4.0)
+MAX_BACKOFF_SECONDS = 300.0
+MAX_RETRY_AFTER_SECONDS = 3600.0
 
 
 def callback_url(settings: Settings, task_id: uuid.UUID) -> str:
@@ -29,10 +36,15 @@ def callback_url(settings: Settings, task_id: uuid.UUID) -> str:
     return settings.public_base_url + callback_path(task_id, token)
 
 
+def backoff(attempt: int) -> float:
+    """Seconds before retry number `attempt` + 1: 1, 2, 4, … capped at five minutes."""
+    return min(MAX_BACKOFF_SECONDS, float(2**attempt))
+
+
 async def claim(session: AsyncSession, task_id: uuid.UUID) -> Task | None:
     """Move a queued task to `submitting`; None if it is not queued (someone else has it).
 
-    The conditional update is what makes submission at-most-once across every replica.
+    The conditional update is what makes submission at-most-once across every worker.
     """
     result = await session.execute(
         update(Task)
@@ -44,54 +56,37 @@ async def claim(session: AsyncSession, task_id: uuid.UUID) -> Task | None:
 
 
 async def submit_task(
-    sessions: async_sessionmaker[AsyncSession],
-    evolink: EvoLinkClient,
-    settings: Settings,
-    task_id: uuid.UUID,
-) -> None:
-    """Submit a queued task and record what came of it.
+    resources: Resources, task_id: uuid.UUID, *, attempt: int = 0
+) -> float | None:
+    """Submit a queued task once and record what came of it.
 
-    Failures where the provider certainly created nothing (refused connections, 429, 5xx) are
-    retried with backoff, honouring Retry-After, within `submit_max_wait_seconds`. When the
-    outcome is unknown (the request went out and no answer came back) the task stays
-    `submitting` with the reason recorded: its callback, which names our task, or a poll
-    settles it; it is never sent again.
+    Returns the seconds after which to try again when the provider certainly created
+    nothing and attempts remain (the task is back in `queued` meanwhile); None otherwise.
     """
-    async with transaction(sessions) as session:
+    settings = resources.settings
+    async with transaction(resources.sessions) as session:
         task = await claim(session, task_id)
         if task is None:
-            return
+            return None
         request = CreateRequest.model_validate(
             {**task.request, "callback_url": callback_url(settings, task_id)}
         )
 
-    waited = 0.0
-    for attempt in range(settings.submit_attempts):
-        try:
-            created = await evolink.create_task(request)
-        except EvoLinkError as exc:
-            delay = (
-                exc.retry_after
-                if exc.retry_after is not None
-                else BACKOFF_SECONDS[min(attempt, len(BACKOFF_SECONDS) - 1)]
-            )
-            last_attempt = attempt + 1 >= settings.submit_attempts
-            fits = waited + delay <= settings.submit_max_wait_seconds
-            if exc.outcome == "retryable" and not last_attempt and fits:
-                await _record_failure(sessions, task_id, exc, final=False)
-                await asyncio.sleep(delay)
-                waited += delay
-                continue
-            await _record_failure(sessions, task_id, exc, final=exc.outcome != "ambiguous")
-            return
-        async with transaction(sessions) as session:
-            task = await _locked(session, task_id)
-            if task.submitted_at is None:
-                task.submitted_at = datetime.now(UTC)
-            await observe(
-                session, task, created, EventKind.SUBMISSION, body=created.model_dump_json()
-            )
-        return
+    try:
+        created = await resources.evolink.create_task(request)
+    except EvoLinkError as exc:
+        if exc.outcome == "retryable" and attempt + 1 < settings.submit_attempts:
+            delay = min(exc.retry_after or backoff(attempt), MAX_RETRY_AFTER_SECONDS)
+            await _record_failure(resources, task_id, exc, requeue_in=delay)
+            return delay
+        await _record_failure(resources, task_id, exc)
+        return None
+
+    async with transaction(resources.sessions) as session:
+        task = await _locked(session, task_id)
+        task.submitted_at = task.submitted_at or datetime.now(UTC)
+        await observe(session, task, created, EventKind.SUBMISSION, body=created.model_dump_json())
+    return None
 
 
 async def _locked(session: AsyncSession, task_id: uuid.UUID) -> Task:
@@ -101,20 +96,31 @@ async def _locked(session: AsyncSession, task_id: uuid.UUID) -> Task:
 
 
 async def _record_failure(
-    sessions: async_sessionmaker[AsyncSession],
-    task_id: uuid.UUID,
-    exc: EvoLinkError,
-    *,
-    final: bool,
+    resources: Resources, task_id: uuid.UUID, exc: EvoLinkError, *, requeue_in: float | None = None
 ) -> None:
-    """Record a failed create; `final` fails the task with the provider's reason."""
-    status = f"HTTP {exc.status_code}" if exc.status_code else "no response"
-    detail = f"{exc.outcome}: {status}, {exc.code or 'no code'}: {exc.message}"
+    """Record a failed create: requeue it, leave it waiting (ambiguous), or fail the task."""
+    answer = f"HTTP {exc.status_code}" if exc.status_code else "no response"
+    detail = f"{exc.outcome}: {answer}, {exc.code or 'no code'}: {exc.message}"
     logger.warning("submission of task %s failed (%s)", task_id, detail)
-    async with transaction(sessions) as session:
+    async with transaction(resources.sessions) as session:
         task = await _locked(session, task_id)
+        if task.status != TaskStatus.SUBMITTING:
+            # A callback settled it meanwhile (possible after an ambiguous create).
+            await apply_verdict(
+                session, task, Verdict(EventOutcome.ERROR, detail), EventKind.SUBMISSION
+            )
+            return
         verdict = Verdict(EventOutcome.ERROR, detail)
-        if final and task.status == TaskStatus.SUBMITTING:
+        if requeue_in is not None:
+            verdict.detail = f"{detail}; nothing was created, retrying in {requeue_in:g} s"
+            verdict.to_status = TaskStatus.QUEUED
+            verdict.changes = {"status": TaskStatus.QUEUED.value}
+        elif exc.outcome == "ambiguous":
+            verdict.detail = (
+                f"{detail}; the provider may have accepted it, so it is not sent again: "
+                "waiting for its callback or a poll"
+            )
+        else:
             verdict.to_status = TaskStatus.FAILED
             verdict.changes = {
                 "status": TaskStatus.FAILED.value,

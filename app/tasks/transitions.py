@@ -16,7 +16,9 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.evolink.schemas import ProviderTask
+from app.jobs import STORE_RESULTS, enqueue
 from app.models import Task, TaskEvent, TaskResult
+from app.notify import notify_task_changed
 from app.tasks.lifecycle import (
     RANK,
     TERMINAL,
@@ -158,6 +160,11 @@ async def apply_verdict(
             .on_conflict_do_nothing(index_elements=["task_id", "index"])
         )
     moved = verdict.to_status is not None and verdict.to_status.value != from_status
+    if moved and verdict.to_status == TaskStatus.COMPLETED:
+        # In the same transaction as the completion: no completed task lacks its copy job.
+        await enqueue(session, STORE_RESULTS, {"task_id": str(task.id)}, lock=f"results:{task.id}")
+    if verdict.changes:
+        await notify_task_changed(session, task.id)
     event = TaskEvent(
         task_id=task.id,
         kind=source.value,

@@ -33,8 +33,7 @@ def completed(provider_id: str, n: int = 1) -> dict[str, Any]:
 async def held(api: httpx.AsyncClient) -> dict[str, Any]:
     """A submitted task the simulator keeps processing until told otherwise."""
     task = await create_task(api, prompt="hold it [sim:hold]")
-    assert task["status"] == "pending"
-    return task
+    return await wait_for_task(api, task["id"], {"pending", "processing"})
 
 
 async def test_three_identical_concurrent_deliveries_make_one_transition(
@@ -85,7 +84,8 @@ async def test_a_conflicting_terminal_message_is_an_anomaly(
     task = (await api.get(f"/v1/tasks/{held['id']}")).json()
     assert task["status"] == "completed"
     assert task["error"] is None
-    anomaly = [e for e in await events(api, held["id"]) if e["outcome"] == "anomaly"]
+    history = await events(api, held["id"])
+    anomaly = [e for e in history if e["kind"] == "callback" and e["outcome"] == "anomaly"]
     assert len(anomaly) == 1
     assert "service_error" in anomaly[0]["body"]
 

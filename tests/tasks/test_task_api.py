@@ -11,30 +11,36 @@ from PIL import Image
 from helpers import VALID_EDIT, create_task, events, wait_for_task
 
 
-async def test_a_task_completes_and_its_images_are_listed(
-    api: httpx.AsyncClient, sim: httpx.AsyncClient
-) -> None:
-    """Create → provider accepts → callback completes it → results listed with working links."""
-    response = await api.post("/v1/tasks", json={**VALID_EDIT, "n": 2, "metadata": {"k": "v"}})
+async def test_a_task_completes_and_its_images_are_stored(api: httpx.AsyncClient) -> None:
+    """Create → submitted → callback completes it → images copied, listed and served."""
+    response = await api.post(
+        "/v1/tasks", json={**VALID_EDIT, "n": 2, "metadata": {"k": "v"}, "seed": 7}
+    )
     assert response.status_code == 202
     task = response.json()
     assert response.headers["location"] == f"/v1/tasks/{task['id']}"
-    assert task["status"] == "pending"
-    assert task["provider_task_id"].startswith("task-unified-")
+    assert task["status"] == "queued"
     assert task["metadata"] == {"k": "v"}
     assert task["request"]["n"] == 2
 
-    done = await wait_for_task(api, task["id"], {"completed"})
+    waited = await api.get(f"/v1/tasks/{task['id']}", headers={"Prefer": "wait=30"})
+    assert waited.headers["preference-applied"] == "wait=30"
+    assert waited.headers["edithook-wait"] == "settled"
+    done = waited.json()
+    assert done["status"] == "completed"
+    assert done["provider_task_id"].startswith("task-unified-")
     assert done["progress"] == 100
     assert done["resolved_by"] == "callback"
-    assert done["result_count"] == 2
-    assert done["results_stored"] is False  # copies into storage come later
+    assert (done["result_count"], done["results_stored"]) == (2, True)
 
     results = (await api.get(f"/v1/tasks/{task['id']}/results")).json()
+    assert results["all_stored"] is True
     assert [item["index"] for item in results["items"]] == [0, 1]
-    assert all(item["status"] == "pending" for item in results["items"])
-    image = await sim.get(results["items"][0]["source_url"])
-    assert Image.open(io.BytesIO(image.content)).format == "PNG"
+    first = results["items"][0]
+    image = await api.get(f"/v1/tasks/{task['id']}/results/0")
+    assert image.status_code == 200
+    assert image.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(image.content)).size == (first["width"], first["height"])
 
     history = await events(api, task["id"])
     moves = [(e["kind"], e["from_status"], e["to_status"]) for e in history if e["to_status"]]
@@ -55,6 +61,7 @@ async def test_the_same_idempotency_key_and_body_return_the_same_task(
     before = (await sim.get("/_sim/stats")).json()["creates"]
     headers = {"Idempotency-Key": "order-77"}
     first = await api.post("/v1/tasks", json=VALID_EDIT, headers=headers)
+    await wait_for_task(api, first.json()["id"], {"completed"})
     second = await api.post("/v1/tasks", json=VALID_EDIT, headers=headers)
     assert first.status_code == second.status_code == 202
     assert first.json()["id"] == second.json()["id"]
@@ -75,6 +82,7 @@ async def test_concurrent_creates_with_one_key_make_one_task(
     )
     assert {r.status_code for r in responses} == {202}
     assert len({r.json()["id"] for r in responses}) == 1
+    await wait_for_task(api, responses[0].json()["id"], {"completed"})
     assert (await sim.get("/_sim/stats")).json()["creates"] == before + 1
 
 

@@ -1,0 +1,96 @@
+"""Background jobs on procrastinate: the app, how jobs are enqueued, how they retry.
+
+Jobs live in the same Postgres as the tasks. They are enqueued inside the transaction that
+makes them necessary (a new task, a completion), so a committed change never lacks its job
+and a rolled-back one never has a stray job; the sweeper covers anything else.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import procrastinate
+from procrastinate.jobs import Job
+from procrastinate.retry import BaseRetryStrategy, RetryDecision
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+if TYPE_CHECKING:
+    from app.resources import Resources
+
+QUEUE = "default"
+SUBMIT_TASK = "submit_task"
+STORE_RESULTS = "store_results"
+RECONCILE = "reconcile"
+SWEEP = "sweep"
+PRUNE = "prune"
+
+# Failures a job did not foresee (a database outage, a bug) are retried this many times.
+UNEXPECTED_FAILURE_ATTEMPTS = 10
+
+
+class RetryLater(Exception):
+    """Raised by a job to run again after `delay` seconds (a foreseen, temporary failure)."""
+
+    def __init__(self, reason: str, delay: float) -> None:
+        super().__init__(reason)
+        self.delay = max(0.1, delay)
+
+
+class JobRetry(BaseRetryStrategy):
+    """RetryLater says when; anything else backs off exponentially, a bounded number of times."""
+
+    def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
+        if isinstance(exception, RetryLater):
+            delay = exception.delay
+        elif job.attempts + 1 >= UNEXPECTED_FAILURE_ATTEMPTS:
+            return None
+        else:
+            delay = min(300.0, float(2**job.attempts))
+        return RetryDecision(retry_at=datetime.now(UTC) + timedelta(seconds=delay))
+
+
+def create_job_app(database_url: str, *, pool_size: int = 4) -> procrastinate.App:
+    """A procrastinate app on `database_url` (a plain postgresql:// URL) with every job."""
+    from app.results import jobs as result_jobs
+    from app.tasks import jobs as task_jobs
+
+    connector = procrastinate.PsycopgConnector(
+        conninfo=database_url, min_size=1, max_size=pool_size
+    )
+    job_app = procrastinate.App(connector=connector)
+    task_jobs.register(job_app)
+    result_jobs.register(job_app)
+    return job_app
+
+
+def resources_of(context: procrastinate.JobContext) -> Resources:
+    """The worker's resources, handed to every job through the job context."""
+    resources: Resources = context.additional_context["resources"]
+    return resources
+
+
+async def enqueue(
+    session: AsyncSession,
+    task_name: str,
+    args: dict[str, Any],
+    *,
+    lock: str | None = None,
+    scheduled_at: datetime | None = None,
+) -> None:
+    """Add a job in the session's transaction, through procrastinate's own SQL function."""
+    await session.execute(
+        text(
+            "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW(:queue, :task_name, 0, :lock, NULL,"
+            " CAST(:args AS jsonb), :scheduled_at)::procrastinate_job_to_defer_v1])"
+        ),
+        {
+            "queue": QUEUE,
+            "task_name": task_name,
+            "lock": lock,
+            "args": json.dumps(args),
+            "scheduled_at": scheduled_at,
+        },
+    )

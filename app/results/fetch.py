@@ -1,0 +1,323 @@
+"""Download one result image, safely: bounded, validated, and only from public addresses.
+
+The URLs come from the provider, but a result URL is still a URL someone else chose, so it
+is treated like user input. Before each request (and each redirect hop) the host is
+resolved and every address it resolves to must be globally routable; the request then goes
+to one of those checked addresses, with the original name kept for `Host` and TLS, so a
+second DNS answer cannot point the connection somewhere else. Redirects are followed by
+hand (at most `MAX_REDIRECTS`), the body is read up to `max_bytes`, and the bytes must
+decode as a PNG, JPEG, WebP or GIF image of a sane pixel count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import ipaddress
+import socket
+from dataclasses import dataclass
+from typing import Any, Final
+
+import httpx
+from PIL import Image, UnidentifiedImageError
+
+MAX_REDIRECTS: Final = 3
+# The provider's outputs are at most 2048x2048; this leaves ample room while keeping a
+# decoded image (4 bytes a pixel) near 100 MB at worst.
+MAX_PIXELS: Final = 25_000_000
+# A peer that trickles bytes just fast enough to dodge the read timeout is stopped here.
+DEFAULT_TOTAL_TIMEOUT: Final = 120.0
+# At most this many of a host's addresses are tried when connecting fails.
+MAX_ADDRESSES_TRIED: Final = 4
+
+# Pillow's format name → (content type, file extension). MPO is a JPEG with extra frames.
+FORMATS: Final[dict[str, tuple[str, str]]] = {
+    "PNG": ("image/png", "png"),
+    "JPEG": ("image/jpeg", "jpg"),
+    "MPO": ("image/jpeg", "jpg"),
+    "WEBP": ("image/webp", "webp"),
+    "GIF": ("image/gif", "gif"),
+}
+_OPENERS: Final = ("PNG", "JPEG", "WEBP", "GIF")
+
+_REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
+# 403/404/410 are retryable: a CDN may not have the file yet; the caller stops at expiry.
+_RETRYABLE_STATUSES: Final = frozenset({403, 404, 408, 410, 425, 429})
+_CGNAT: Final = ipaddress.IPv4Network("100.64.0.0/10")
+_NAT64: Final = ipaddress.IPv6Network("64:ff9b::/96")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class FetchedImage:
+    """A downloaded image; `content_type` and `extension` come from its decoded format."""
+
+    data: bytes
+    content_type: str
+    extension: str
+    width: int
+    height: int
+    sha256: str
+
+
+class FetchError(Exception):
+    """The image could not be fetched; `retryable` says whether trying later may succeed."""
+
+    def __init__(self, reason: str, *, retryable: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+
+    def __repr__(self) -> str:
+        kind = "retryable" if self.retryable else "permanent"
+        return f"FetchError({kind}: {self.reason})"
+
+
+def _permanent(reason: str) -> FetchError:
+    return FetchError(reason, retryable=False)
+
+
+def _retryable(reason: str) -> FetchError:
+    return FetchError(reason, retryable=True)
+
+
+def address_allowed(address: IPAddress, *, allow_loopback: bool = False) -> bool:
+    """True when `address` is globally routable (or loopback, if `allow_loopback`).
+
+    Refused: private, loopback, link-local, site-local, reserved, multicast, unspecified,
+    shared (CGNAT, 100.64/10) and documentation ranges, and IPv6 forms that embed an IPv4
+    address (mapped, NAT64, 6to4, Teredo) whose IPv4 address would be refused.
+    """
+    if isinstance(address, ipaddress.IPv6Address):
+        translated = _translated_ipv4(address)
+        if translated is not None:
+            # A mapped or NAT64 address reaches exactly its IPv4 address (DNS64 hands out
+            # the latter on IPv6-only networks), so that address decides.
+            return address_allowed(translated, allow_loopback=allow_loopback)
+        tunnelled = address.sixtofour or (address.teredo[1] if address.teredo else None)
+        if tunnelled is not None and not address_allowed(tunnelled):
+            return False
+        if address.is_site_local:
+            return False
+    if address.is_loopback:
+        return allow_loopback
+    if isinstance(address, ipaddress.IPv4Address) and address in _CGNAT:
+        return False
+    return address.is_global and not (
+        address.is_private
+        or address.is_reserved
+        or address.is_multicast
+        or address.is_link_local
+        or address.is_unspecified
+    )
+
+
+def _translated_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
+async def _resolve(host: str, port: int) -> list[IPAddress]:
+    """The host's addresses, in resolver order, without duplicates; an IP literal as itself."""
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        # Usually a transient resolver problem; a name that never resolves ends at expiry.
+        raise _retryable(f"could not resolve {host}: {exc}") from exc
+    addresses: list[IPAddress] = []
+    for info in infos:
+        # The scope id of a link-local IPv6 address ("fe80::1%eth0") is not part of it.
+        text = str(info[4][0]).split("%", 1)[0]
+        address = ipaddress.ip_address(text)
+        if address not in addresses:
+            addresses.append(address)
+    if not addresses:
+        raise _retryable(f"{host} resolved to no address")
+    return addresses
+
+
+async def _checked_addresses(url: httpx.URL, *, allow_loopback: bool) -> list[IPAddress]:
+    """The addresses `url` may be fetched from; FetchError (permanent) if it may not be."""
+    if url.userinfo:
+        raise _permanent("the URL carries credentials")
+    if url.scheme not in ("https", "http"):
+        raise _permanent(f"the URL scheme {url.scheme!r} is not allowed")
+    host = url.raw_host.decode("ascii")
+    if not host:
+        raise _permanent("the URL has no host")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    addresses = await _resolve(host, port)
+    refused = [a for a in addresses if not address_allowed(a, allow_loopback=allow_loopback)]
+    if refused:
+        raise _permanent(f"{host} resolves to a non-public address ({refused[0]})")
+    # Plain http only to the local simulator: every address must be loopback.
+    if url.scheme == "http" and not (allow_loopback and all(a.is_loopback for a in addresses)):
+        raise _permanent("plain http is only allowed to loopback hosts")
+    return addresses
+
+
+def _pinned(url: httpx.URL, address: IPAddress) -> tuple[httpx.URL, dict[str, str], dict[str, Any]]:
+    """`url` aimed at `address`, with the headers and extensions that keep its real name."""
+    host = url.raw_host.decode("ascii")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return url, {}, {}
+    headers = {
+        "Host": url.netloc.decode("ascii"),
+        # The connection pool keys on the address: without this, a connection opened (and
+        # certificate-checked) for one name could be reused for another name on that address.
+        "Connection": "close",
+    }
+    extensions = {"sni_hostname": host} if url.scheme == "https" else {}
+    return url.copy_with(host=str(address)), headers, extensions
+
+
+async def fetch_image(
+    http: httpx.AsyncClient,
+    url: str,
+    *,
+    max_bytes: int,
+    allow_loopback: bool = False,
+    total_timeout: float = DEFAULT_TOTAL_TIMEOUT,
+) -> FetchedImage:
+    """Download and decode the image at `url`.
+
+    Only https URLs without credentials, whose host resolves only to public addresses, are
+    fetched; with `allow_loopback` (for a provider that is itself on loopback) loopback
+    addresses are allowed too, over http or https. Redirects are followed by hand, at most
+    `MAX_REDIRECTS`, each target checked like the first. Raises FetchError: transport
+    errors, timeouts, 5xx, 403, 404, 408, 410 and 429 are retryable; other statuses, a
+    refused address, a body over `max_bytes` and anything that is not a PNG, JPEG, WebP or
+    GIF image are permanent.
+    """
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise _permanent(f"the URL is not valid: {exc}") from exc
+    try:
+        async with asyncio.timeout(total_timeout):
+            data = await _download(http, parsed, max_bytes=max_bytes, allow_loopback=allow_loopback)
+    except TimeoutError as exc:
+        raise _retryable(f"the download took longer than {total_timeout:g} s") from exc
+    content_type, extension, width, height = await asyncio.to_thread(_decode, data)
+    return FetchedImage(
+        data=data,
+        content_type=content_type,
+        extension=extension,
+        width=width,
+        height=height,
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+
+
+async def _download(
+    http: httpx.AsyncClient, url: httpx.URL, *, max_bytes: int, allow_loopback: bool
+) -> bytes:
+    for _hop in range(MAX_REDIRECTS + 1):
+        addresses = await _checked_addresses(url, allow_loopback=allow_loopback)
+        outcome = await _get_any(http, url, addresses, max_bytes=max_bytes)
+        if isinstance(outcome, bytes):
+            return outcome
+        url = outcome
+    raise _permanent(f"more than {MAX_REDIRECTS} redirects")
+
+
+async def _get_any(
+    http: httpx.AsyncClient, url: httpx.URL, addresses: list[IPAddress], *, max_bytes: int
+) -> bytes | httpx.URL:
+    """GET `url` from the first of `addresses` that accepts a connection."""
+    last: FetchError | None = None
+    for address in addresses[:MAX_ADDRESSES_TRIED]:
+        try:
+            return await _get_once(http, url, address, max_bytes=max_bytes)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            last = _retryable(f"could not connect to {url.host} ({address}): {_describe(exc)}")
+        except httpx.UnsupportedProtocol as exc:
+            raise _permanent(f"unsupported protocol: {exc}") from exc
+        except httpx.DecodingError as exc:
+            raise _permanent(f"the response body could not be decoded: {exc}") from exc
+        except httpx.TransportError as exc:
+            raise _retryable(f"the download from {url.host} failed: {_describe(exc)}") from exc
+    assert last is not None  # addresses is never empty
+    raise last
+
+
+async def _get_once(
+    http: httpx.AsyncClient, url: httpx.URL, address: IPAddress, *, max_bytes: int
+) -> bytes | httpx.URL:
+    """The body of a 2xx answer, or the next URL of a redirect; FetchError otherwise."""
+    target, headers, extensions = _pinned(url, address)
+    headers["Accept"] = "image/png, image/jpeg, image/webp, image/gif;q=0.8, */*;q=0.1"
+    async with http.stream(
+        "GET", target, headers=headers, extensions=extensions, follow_redirects=False
+    ) as response:
+        status = response.status_code
+        if status in _REDIRECTS:
+            location = response.headers.get("location")
+            if not location:
+                raise _permanent(f"HTTP {status} redirect without a Location")
+            try:
+                return url.join(location)
+            except httpx.InvalidURL as exc:
+                raise _permanent(f"HTTP {status} redirect to an invalid URL: {exc}") from exc
+        if status in _RETRYABLE_STATUSES or status >= 500:
+            raise _retryable(f"HTTP {status} from {url.host}")
+        if not response.is_success:
+            raise _permanent(f"HTTP {status} from {url.host}")
+        declared = response.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            raise _permanent(f"the image is larger than {max_bytes} bytes ({declared} declared)")
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > max_bytes:
+                raise _permanent(f"the image is larger than {max_bytes} bytes")
+        return bytes(body)
+
+
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _decode(data: bytes) -> tuple[str, str, int, int]:
+    """(content type, extension, width, height) of an allowed image; FetchError otherwise.
+
+    Runs in a worker thread: the full decode (which catches truncated and corrupt files
+    that `verify` lets through) costs real CPU for large images.
+    """
+    try:
+        with Image.open(io.BytesIO(data), formats=_OPENERS) as probe:
+            format_name = probe.format or ""
+            width, height = probe.size
+            if width * height > MAX_PIXELS:
+                raise _permanent(f"the image is too large to decode ({width}x{height})")
+            probe.verify()
+        with Image.open(io.BytesIO(data), formats=_OPENERS) as image:
+            image.load()
+    except FetchError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # The warning is raised only where warnings are errors; elsewhere the pixel check
+        # above refuses the same image, since MAX_PIXELS is below Pillow's threshold.
+        raise _permanent(f"the image is too large to decode: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise _permanent("the body is not a PNG, JPEG, WebP or GIF image") from exc
+    except Exception as exc:  # corrupt input makes Pillow raise nearly anything
+        raise _permanent(f"the image could not be decoded: {_describe(exc)}") from exc
+    if format_name not in FORMATS:
+        raise _permanent(f"the image format {format_name or 'unknown'} is not allowed")
+    content_type, extension = FORMATS[format_name]
+    return content_type, extension, width, height

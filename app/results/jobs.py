@@ -1,0 +1,33 @@
+"""The job that copies a completed task's result images into our storage."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import procrastinate
+
+from app import jobs
+from app.jobs import JobRetry, RetryLater, resources_of
+from app.results.service import store_task_results
+
+
+async def store_results_job(context: procrastinate.JobContext, task_id: str) -> None:
+    resources = resources_of(context)
+    settings = resources.settings
+    report = await store_task_results(
+        resources.sessions,
+        resources.evolink,
+        resources.storage,
+        resources.download_http,
+        uuid.UUID(task_id),
+        max_bytes=settings.result_max_bytes,
+        allow_loopback=resources.provider_on_loopback,
+        link_ttl=timedelta(hours=settings.result_link_ttl_hours),
+    )
+    if report.retry_in is not None:
+        raise RetryLater(f"{report.pending} result(s) not stored yet", report.retry_in)
+
+
+def register(job_app: procrastinate.App) -> None:
+    job_app.task(name=jobs.STORE_RESULTS, pass_context=True, retry=JobRetry())(store_results_job)

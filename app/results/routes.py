@@ -1,0 +1,131 @@
+"""Serving stored result images: `GET /v1/tasks/{task_id}/results/{index}`."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Response
+from fastapi.responses import StreamingResponse
+
+from app.deps import CallerDep, ResourcesDep, SessionDep
+from app.errors import Conflict, NotFound, ProblemError, ServiceUnavailable
+from app.results.service import find_result
+from app.results.storage import StorageError
+from app.tasks.lifecycle import ResultStatus
+
+logger = logging.getLogger("edithook.results")
+
+router = APIRouter(prefix="/v1/tasks", tags=["results"])
+
+# Stored bytes never change under a key: a client may keep them for as long as it likes.
+CACHE_CONTROL = "private, max-age=31536000, immutable"
+PENDING_RETRY_SECONDS = 5
+
+_MAX_INDEX = 2**31 - 1
+_PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+
+
+class Gone(ProblemError):
+    status, slug, title = 410, "gone", "Gone"
+
+
+def _parse(task_id: str, index: str) -> tuple[uuid.UUID, int]:
+    """Path values as typed ids; anything malformed names nothing, so it is a 404."""
+    try:
+        parsed = uuid.UUID(task_id)
+    except ValueError:
+        raise NotFound("No such task.") from None
+    # Bounded so that a huge number is a 404 here rather than an overflow in the database.
+    if not index.isascii() or not index.isdigit() or int(index) > _MAX_INDEX:
+        raise NotFound(f"The task has no result {index!r}.")
+    return parsed, int(index)
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """Whether an `If-None-Match` value matches `etag`, by weak comparison (RFC 9110 §13.1.2)."""
+    if if_none_match is None:
+        return False
+    candidates = [tag.strip() for tag in if_none_match.split(",")]
+    return any(tag == "*" or tag.removeprefix("W/") == etag for tag in candidates)
+
+
+@router.get(
+    "/{task_id}/results/{index}",
+    summary="Download a stored result image",
+    description=(
+        "The image bytes from edithook's own storage, with an `ETag` (its SHA-256) for "
+        "conditional requests. A result not stored yet is 409 with `Retry-After`; one that "
+        "could not be copied is 410 with the reason."
+    ),
+    response_class=Response,
+    responses={
+        200: {"description": "The image.", "content": {"image/*": {}}},
+        304: {"description": "`If-None-Match` matched; no body."},
+        404: {"description": "No such task for this client, or no such result.", **_PROBLEM},
+        409: {"description": "Not stored yet; retry after `Retry-After` seconds.", **_PROBLEM},
+        410: {"description": "The image could not be copied; `detail` says why.", **_PROBLEM},
+        503: {"description": "The storage could not be read.", **_PROBLEM},
+    },
+)
+async def get_result_image(
+    task_id: str,
+    index: str,
+    caller: CallerDep,
+    session: SessionDep,
+    resources: ResourcesDep,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    parsed_id, parsed_index = _parse(task_id, index)
+    result = await find_result(session, caller, parsed_id, parsed_index)
+    if result.status == ResultStatus.PENDING:
+        raise Conflict(
+            "The result is not stored yet.",
+            headers={"Retry-After": str(PENDING_RETRY_SECONDS)},
+        )
+    if result.status == ResultStatus.FAILED:
+        raise Gone(result.error or "The result could not be copied.")
+    if result.storage_key is None or result.sha256 is None:
+        # A stored row always has both; their absence is a broken row, not a client error.
+        raise ServiceUnavailable("The stored result is incomplete.")
+
+    etag = f'"{result.sha256}"'
+    headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}
+    if etag_matches(if_none_match, etag):
+        return Response(status_code=304, headers=headers)
+
+    chunks = resources.storage.read(result.storage_key)
+    try:
+        # Pull the first chunk now: once streaming starts, a failure can no longer be a 503.
+        first = await anext(chunks, b"")
+    except StorageError as exc:
+        await _close(chunks)
+        logger.warning("result %s/%s unreadable: %s", parsed_id, parsed_index, exc)
+        raise ServiceUnavailable("The stored image cannot be read right now.") from exc
+    if result.size_bytes is not None:
+        headers["Content-Length"] = str(result.size_bytes)
+    headers["X-Content-Type-Options"] = "nosniff"
+    return StreamingResponse(
+        _rest(first, chunks),
+        headers=headers,
+        media_type=result.content_type or "application/octet-stream",
+    )
+
+
+async def _rest(first: bytes, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    try:
+        if first:
+            yield first
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        # A client that hangs up mid-download must not leave the store's stream open.
+        await _close(chunks)
+
+
+async def _close(chunks: AsyncIterator[bytes]) -> None:
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        await aclose()

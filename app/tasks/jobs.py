@@ -1,0 +1,45 @@
+"""The task jobs: thin wrappers that take ids and call the services."""
+
+from __future__ import annotations
+
+import uuid
+
+import procrastinate
+
+from app import jobs
+from app.jobs import JobRetry, RetryLater, resources_of
+from app.tasks import reconcile, submission, sweep
+
+
+async def submit_task_job(context: procrastinate.JobContext, task_id: str) -> None:
+    delay = await submission.submit_task(
+        resources_of(context), uuid.UUID(task_id), attempt=context.job.attempts
+    )
+    if delay is not None:
+        raise RetryLater("the provider created nothing; trying again", delay)
+
+
+async def reconcile_job(context: procrastinate.JobContext, timestamp: int) -> None:
+    await reconcile.reconcile(resources_of(context))
+
+
+async def sweep_job(context: procrastinate.JobContext, timestamp: int) -> None:
+    await sweep.sweep(resources_of(context), context.app)
+
+
+async def prune_job(context: procrastinate.JobContext, timestamp: int) -> None:
+    await sweep.prune_event_bodies(resources_of(context))
+
+
+def register(job_app: procrastinate.App) -> None:
+    """Declare the task jobs and their schedules on `job_app`."""
+    job_app.task(name=jobs.SUBMIT_TASK, pass_context=True, retry=JobRetry())(submit_task_job)
+    # Every 5 s, 30 s and hourly; procrastinate defers each periodic run once across all
+    # workers, and a queueing lock per job keeps a backlog from piling up runs of one job.
+    for name, cron, function in (
+        (jobs.RECONCILE, "*/5 * * * * *", reconcile_job),
+        (jobs.SWEEP, "*/30 * * * * *", sweep_job),
+        (jobs.PRUNE, "17 * * * *", prune_job),
+    ):
+        task = job_app.task(name=name, pass_context=True, queueing_lock=name)(function)
+        job_app.periodic(cron=cron)(task)

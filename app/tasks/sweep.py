@@ -1,0 +1,101 @@
+"""Finding work stuck between steps, and pruning what retention allows.
+
+Jobs are enqueued in the transaction that needs them, so the sweeper is a second line: it
+catches a job that failed for good, one lost with a crashed worker, or data written by hand.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import procrastinate
+from sqlalchemy import text
+
+from app.db import transaction
+from app.jobs import STORE_RESULTS, SUBMIT_TASK, enqueue
+from app.resources import Resources
+
+logger = logging.getLogger("edithook.sweep")
+
+# A queued task or a pending result this old without a live job is stuck.
+STUCK_AFTER = timedelta(seconds=60)
+# Workers silent this long are presumed dead and their jobs run again.
+STALLED_WORKER_SECONDS = 60
+FINISHED_JOBS_KEPT_HOURS = 72
+PRUNE_BATCH = 5000
+
+STUCK_SUBMISSIONS = text("""
+    SELECT t.id FROM tasks t
+    WHERE t.status = 'queued' AND t.updated_at < :cutoff
+      AND NOT EXISTS (
+        SELECT 1 FROM procrastinate_jobs j
+        WHERE j.task_name = :job AND j.status IN ('todo', 'doing')
+          AND j.args->>'task_id' = t.id::text)
+    LIMIT 500
+""")
+STUCK_RESULT_COPIES = text("""
+    SELECT DISTINCT r.task_id FROM task_results r JOIN tasks t ON t.id = r.task_id
+    WHERE r.status = 'pending' AND t.status = 'completed' AND r.created_at < :cutoff
+      AND NOT EXISTS (
+        SELECT 1 FROM procrastinate_jobs j
+        WHERE j.task_name = :job AND j.status IN ('todo', 'doing')
+          AND j.args->>'task_id' = r.task_id::text)
+    LIMIT 500
+""")
+
+
+@dataclass
+class SweepReport:
+    submissions: int = 0
+    result_copies: int = 0
+    stalled_jobs: int = 0
+
+
+async def sweep(resources: Resources, job_app: procrastinate.App) -> SweepReport:
+    """Re-enqueue stuck submissions and result copies; rerun jobs of dead workers."""
+    report = SweepReport()
+    cutoff = datetime.now(UTC) - STUCK_AFTER
+    async with transaction(resources.sessions) as session:
+        queued = await session.execute(STUCK_SUBMISSIONS, {"cutoff": cutoff, "job": SUBMIT_TASK})
+        for (task_id,) in queued.all():
+            await enqueue(session, SUBMIT_TASK, {"task_id": str(task_id)})
+            report.submissions += 1
+        pending = await session.execute(
+            STUCK_RESULT_COPIES, {"cutoff": cutoff, "job": STORE_RESULTS}
+        )
+        for (task_id,) in pending.all():
+            await enqueue(
+                session, STORE_RESULTS, {"task_id": str(task_id)}, lock=f"results:{task_id}"
+            )
+            report.result_copies += 1
+
+    manager = job_app.job_manager
+    for job in await manager.get_stalled_jobs(seconds_since_heartbeat=STALLED_WORKER_SECONDS):
+        await manager.retry_job(job)
+        report.stalled_jobs += 1
+    await manager.delete_old_jobs(nb_hours=FINISHED_JOBS_KEPT_HOURS)
+    if report.submissions or report.result_copies or report.stalled_jobs:
+        logger.warning("sweep found stuck work: %s", report)
+    return report
+
+
+async def prune_event_bodies(resources: Resources) -> int:
+    """Drop raw bodies and headers of events older than the retention; the events stay."""
+    cutoff = datetime.now(UTC) - timedelta(days=resources.settings.event_retention_days)
+    pruned = 0
+    while True:
+        async with transaction(resources.sessions) as session:
+            result = await session.execute(
+                text(
+                    "UPDATE task_events SET body = NULL, headers = NULL WHERE id IN ("
+                    " SELECT id FROM task_events WHERE body IS NOT NULL AND created_at < :cutoff"
+                    " LIMIT :batch)"
+                ),
+                {"cutoff": cutoff, "batch": PRUNE_BATCH},
+            )
+        count = int(getattr(result, "rowcount", 0) or 0)
+        pruned += count
+        if count < PRUNE_BATCH:
+            return pruned

@@ -1,0 +1,208 @@
+"""Holding a request until its task settles: `Prefer: wait=N`, woken by Postgres LISTEN/NOTIFY.
+
+Whatever changes a task runs `SELECT pg_notify('edithook_tasks', '<task uuid>')` inside its
+transaction, so the notification arrives only once the change is committed and visible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import psycopg
+from psycopg.rows import TupleRow
+
+from app.notify import TASK_CHANNEL
+
+logger = logging.getLogger("edithook.waiting")
+
+_TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_QUOTED = r'"(?:[^"\\]|\\.)*"'
+# One RFC 7240 preference: token [ "=" word ] *( ";" parameter ); parameters are not needed.
+_PREFERENCE = re.compile(rf"\s*({_TCHARS})\s*(?:=\s*({_TCHARS}|{_QUOTED}))?\s*(?:;.*)?", re.DOTALL)
+# Commas inside quoted strings do not separate preferences.
+_ELEMENT = re.compile(rf'(?:[^,"]|{_QUOTED})+')
+
+
+def parse_prefer_wait(header: str | None, *, maximum: float = 60.0) -> float | None:
+    """The seconds asked for by `wait=N` in a Prefer header, at most `maximum`.
+
+    `header` may hold several preferences ("respond-async, wait=5") or several Prefer headers
+    joined by commas. Per RFC 7240 only the first `wait` counts, and a malformed one (not a
+    non-negative integer) is ignored: the answer is then None, as when there is none at all.
+    """
+    if not header:
+        return None
+    for element in _ELEMENT.findall(header):
+        match = _PREFERENCE.fullmatch(element)
+        if match is None or match.group(1).lower() != "wait":
+            continue
+        value = (match.group(2) or "").strip('"')
+        if not value.isascii() or not value.isdigit():
+            return None
+        return min(float(int(value)), maximum)
+    return None
+
+
+class TaskWaiter:
+    """One LISTEN connection per process, fanning notifications out to waiting requests.
+
+    A notification for a task wakes only the waiters of that task. When the connection is lost
+    the waiter reconnects with capped backoff, LISTENs again and has every waiter re-check, as
+    notifications sent meanwhile are gone. While it is not listening (before `start`, after
+    `stop`, during a reconnect) waiters re-check every `fallback_interval` seconds instead.
+    """
+
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        fallback_interval: float = 1.0,
+        heartbeat_interval: float = 30.0,
+        max_backoff: float = 5.0,
+    ) -> None:
+        self._url = database_url
+        self._fallback_interval = fallback_interval
+        self._heartbeat_interval = heartbeat_interval
+        self._max_backoff = max_backoff
+        self._waiters: dict[uuid.UUID, set[asyncio.Event]] = {}
+        self._conn: psycopg.AsyncConnection[TupleRow] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._listening = False
+
+    @property
+    def listening(self) -> bool:
+        """True while a LISTEN connection is up, so notifications reach waiters."""
+        return self._listening
+
+    @property
+    def backend_pid(self) -> int | None:
+        """The Postgres backend pid of the LISTEN connection, None while there is none."""
+        return self._conn.info.backend_pid if self._conn is not None else None
+
+    async def start(self) -> None:
+        """Connect and LISTEN; returns once listening. A failure to connect is raised."""
+        self._conn = await self._connect()
+        self._listening = True
+        self._reader = asyncio.create_task(self._read(), name="edithook-task-listener")
+
+    async def stop(self) -> None:
+        """Stop listening and close the connection; current waiters fall back to re-checking."""
+        self._listening = False
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+            self._reader = None
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+        self._wake_all()
+
+    async def wait_until(
+        self,
+        task_id: uuid.UUID,
+        settled: Callable[[], Awaitable[bool]],
+        # A deadline for the waiting only: the caller's asyncio.timeout would cancel settled().
+        timeout: float,  # noqa: ASYNC109
+    ) -> bool:
+        """True as soon as `settled()` returns True; False once `timeout` seconds have passed.
+
+        Interest in `task_id` is registered before the first `settled()` call, so a notification
+        sent between that check and the wait is not lost. After that `settled()` runs again only
+        when a notification for `task_id` arrives or the listener reconnects, or every
+        `fallback_interval` seconds while not listening. A running `settled()` is never
+        cancelled, so the answer may come up to one `settled()` call after the timeout.
+        """
+        deadline = time.monotonic() + timeout
+        event = asyncio.Event()
+        self._waiters.setdefault(task_id, set()).add(event)
+        try:
+            while True:
+                # Cleared before the check: a notification during it makes the wait return.
+                event.clear()
+                if await settled():
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                pause = remaining if self._listening else min(remaining, self._fallback_interval)
+                try:
+                    async with asyncio.timeout(pause):
+                        await event.wait()
+                except TimeoutError:
+                    if pause >= remaining:
+                        return False
+        finally:
+            events = self._waiters.get(task_id)
+            if events is not None:
+                events.discard(event)
+                if not events:
+                    del self._waiters[task_id]
+
+    async def _connect(self) -> psycopg.AsyncConnection[TupleRow]:
+        conn: psycopg.AsyncConnection[TupleRow] = await psycopg.AsyncConnection.connect(
+            self._url, autocommit=True, connect_timeout=10, application_name="edithook-waiter"
+        )
+        try:
+            await conn.execute(f"LISTEN {TASK_CHANNEL}")
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    async def _read(self) -> None:
+        """Dispatch notifications; on connection loss reconnect, then wake every waiter."""
+        while True:
+            assert self._conn is not None
+            try:
+                await self._dispatch(self._conn)
+            except Exception as exc:
+                # One line: libpq's messages span several.
+                reason = " ".join(str(exc).split())
+                logger.warning("Lost the LISTEN connection (%s: %s)", type(exc).__name__, reason)
+            self._listening = False
+            # Waiters switch to re-checking on an interval until the listener is back.
+            self._wake_all()
+            await self._conn.close()
+            self._conn = await self._reconnect()
+            self._listening = True
+            logger.info("LISTEN connection restored")
+            self._wake_all()
+
+    async def _dispatch(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
+        while True:
+            async for notify in conn.notifies(timeout=self._heartbeat_interval):
+                self._wake(notify.payload)
+            # A quiet period: prove the connection still answers, so a silently dropped
+            # one is noticed. Notifications arriving meanwhile are kept by psycopg.
+            async with asyncio.timeout(self._heartbeat_interval):
+                await conn.execute("SELECT 1")
+
+    async def _reconnect(self) -> psycopg.AsyncConnection[TupleRow]:
+        delay = 0.1
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                return await self._connect()
+            except Exception as exc:
+                logger.debug("Reconnecting the LISTEN connection failed: %s", exc)
+            delay = min(delay * 2, self._max_backoff)
+
+    def _wake(self, payload: str) -> None:
+        try:
+            task_id = uuid.UUID(payload)
+        except ValueError:
+            return
+        for event in self._waiters.get(task_id, ()):
+            event.set()
+
+    def _wake_all(self) -> None:
+        for events in self._waiters.values():
+            for event in events:
+                event.set()
