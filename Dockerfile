@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# One image for every role: `edithook serve` (default), `edithook migrate`.
+# One image for every role: `edithook serve` (default), `edithook worker`, `edithook migrate`.
 
 FROM python:3.11-slim-bookworm AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
@@ -20,9 +20,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     EDITHOOK_HOST=0.0.0.0 \
-    EDITHOOK_PORT=8000
+    EDITHOOK_PORT=8000 \
+    EDITHOOK_STORAGE_URL=/data/results
 RUN groupadd --system --gid 10001 edithook \
-    && useradd --system --uid 10001 --gid edithook --no-create-home --shell /usr/sbin/nologin edithook
+    && useradd --system --uid 10001 --gid edithook --no-create-home --shell /usr/sbin/nologin edithook \
+    && mkdir -p /data/results && chown -R 10001:10001 /data
 COPY --from=build /opt/venv /opt/venv
 USER 10001:10001
 WORKDIR /tmp

@@ -13,6 +13,7 @@ from app import __doc__ as about
 from app.callbacks.routes import router as callbacks_router
 from app.deps import ResourcesDep
 from app.errors import install_error_handlers
+from app.metrics import router as metrics_router
 from app.resources import Resources, open_resources
 from app.results.routes import router as results_router
 from app.settings import Settings
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
     install_error_handlers(app)
     app.include_router(tasks_router)
     app.include_router(results_router)
+    app.include_router(metrics_router)
     app.include_router(callbacks_router)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")

@@ -1,0 +1,80 @@
+"""`GET /metrics`: what operators watch, in the Prometheus text format, read from Postgres.
+
+Every replica answers the same numbers: they come from the shared database, not from
+process memory. Each query is served by a partial index, so a scrape stays cheap as the
+task table grows.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from fastapi import APIRouter
+from fastapi.responses import PlainTextResponse
+from sqlalchemy import text
+
+from app.deps import ResourcesDep
+from app.tasks.reconcile import callback_loss
+
+router = APIRouter(tags=["ops"])
+
+WINDOW = timedelta(hours=24)
+
+
+def _line(name: str, value: float, **labels: str) -> str:
+    rendered = ",".join(f'{key}="{val}"' for key, val in sorted(labels.items()))
+    return f"{name}{{{rendered}}} {value:g}" if labels else f"{name} {value:g}"
+
+
+@router.get(
+    "/metrics",
+    summary="Operational metrics (Prometheus text format)",
+    response_class=PlainTextResponse,
+    description=(
+        "Tasks in flight by status, tasks finished in the last 24 h by what told us "
+        "(callback, poll, submission, system), the callback-loss rate (the share of "
+        "provider-decided endings learnt by polling), and result copies still pending."
+    ),
+)
+async def get_metrics(resources: ResourcesDep) -> PlainTextResponse:
+    async with resources.sessions() as session:
+        in_flight = (
+            await session.execute(
+                text(
+                    "SELECT status, count(*) FROM tasks WHERE status IN"
+                    " ('queued', 'submitting', 'pending', 'processing') GROUP BY status"
+                )
+            )
+        ).all()
+        finished = await callback_loss(session, datetime.now(UTC) - WINDOW)
+        pending_results = await session.scalar(
+            text("SELECT count(*) FROM task_results WHERE status = 'pending'")
+        )
+    counts = {str(status): int(count) for status, count in in_flight}
+    lines = [
+        "# HELP edithook_tasks_in_flight Tasks not yet terminal, by status.",
+        "# TYPE edithook_tasks_in_flight gauge",
+    ]
+    lines += [
+        _line("edithook_tasks_in_flight", counts.get(status, 0), status=status)
+        for status in ("queued", "submitting", "pending", "processing")
+    ]
+    lines += [
+        "# HELP edithook_tasks_finished_24h Tasks that ended in the last 24 h, by what told us.",
+        "# TYPE edithook_tasks_finished_24h gauge",
+    ]
+    lines += [
+        _line("edithook_tasks_finished_24h", finished.get(by, 0), resolved_by=by)
+        for by in ("callback", "poll", "submission", "system")
+    ]
+    by_provider = finished.get("callback", 0) + finished.get("poll", 0)
+    loss = finished.get("poll", 0) / by_provider if by_provider else 0.0
+    lines += [
+        "# HELP edithook_callback_loss_ratio_24h Share of provider endings learnt by polling.",
+        "# TYPE edithook_callback_loss_ratio_24h gauge",
+        _line("edithook_callback_loss_ratio_24h", round(loss, 6)),
+        "# HELP edithook_results_pending Result images not yet copied into storage.",
+        "# TYPE edithook_results_pending gauge",
+        _line("edithook_results_pending", int(pending_results or 0)),
+    ]
+    return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
