@@ -29,13 +29,19 @@ def _load_settings(**overrides: object) -> Settings:
     return Settings(**overrides)  # type: ignore[arg-type]
 
 
-def serve() -> int:
-    """The production API process."""
+def _production_settings() -> Settings:
+    """The environment's settings, or exit 2 listing every problem with them."""
     settings = _load_settings()
     try:
         settings.check()
     except ConfigError as exc:
-        return _fail(exc.problems)
+        raise SystemExit(_fail(exc.problems)) from None
+    return settings
+
+
+def serve() -> int:
+    """The production API process."""
+    settings = _production_settings()
     import uvicorn
 
     from app.main import create_app
@@ -54,11 +60,7 @@ def serve() -> int:
 
 def worker() -> int:
     """The production worker process."""
-    settings = _load_settings()
-    try:
-        settings.check()
-    except ConfigError as exc:
-        return _fail(exc.problems)
+    settings = _production_settings()
     configure_logging(settings.log_level)
     asyncio.run(_run_worker(settings))
     return 0

@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import pytest
 
 from app.security import callback_token
 from app.servers import RunningServer, bind, socket_url
@@ -24,10 +25,11 @@ def _env(**values: str) -> dict[str, str]:
     return {**base, **values}
 
 
-def test_serve_refuses_to_start_with_one_line_per_problem() -> None:
-    """With nothing configured, serve exits non-zero naming every missing setting."""
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_production_commands_refuse_to_start_with_one_line_per_problem(command: str) -> None:
+    """With nothing configured, serve and worker exit 2 naming every missing setting once."""
     result = subprocess.run(
-        [*EDITHOOK, "serve"], env=_env(), capture_output=True, text=True, timeout=60
+        [*EDITHOOK, command], env=_env(), capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2
     problems = [line for line in result.stderr.splitlines() if line.startswith("  - ")]
