@@ -152,8 +152,39 @@ class TaskLinks(BaseModel):
     events: str
 
 
+EXAMPLE_TASK: dict[str, Any] = {
+    "id": "6f1c5a34-9a0e-4b7e-8f43-2b1d1c0e9a51",
+    "status": "completed",
+    "progress": 100,
+    "request": {
+        **{k: v for k, v in EXAMPLE_CREATE.items() if k != "metadata"},
+        "prompt_extend": True,
+        "watermark": False,
+    },
+    "metadata": {"order_id": "A-1009"},
+    "provider_task_id": "task-unified-1795497285-a0fgv76l",
+    "estimated_seconds": 12.0,
+    "usage": {"billing_rule": "per_call", "credits_reserved": 2, "user_group": "default"},
+    "error": None,
+    "resolved_by": "callback",
+    "result_count": 1,
+    "results_stored": True,
+    "created_at": "2026-11-24T05:14:44.990535Z",
+    "updated_at": "2026-11-24T05:14:58.120931Z",
+    "submitted_at": "2026-11-24T05:14:45.003965Z",
+    "finished_at": "2026-11-24T05:14:57.870114Z",
+    "links": {
+        "self": "/v1/tasks/6f1c5a34-9a0e-4b7e-8f43-2b1d1c0e9a51",
+        "results": "/v1/tasks/6f1c5a34-9a0e-4b7e-8f43-2b1d1c0e9a51/results",
+        "events": "/v1/tasks/6f1c5a34-9a0e-4b7e-8f43-2b1d1c0e9a51/events",
+    },
+}
+
+
 class TaskRead(BaseModel):
     """A task as its client sees it."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE_TASK]})
 
     id: uuid.UUID
     status: str = Field(
@@ -188,6 +219,25 @@ class TaskPage(BaseModel):
 class ResultRead(BaseModel):
     """One result image and the state of our copy of it."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "index": 0,
+                    "status": "stored",
+                    "source_url": "https://files.evolink.ai/results/task-unified-1795497285-a0fgv76l/0.png",
+                    "content_type": "image/png",
+                    "size_bytes": 1843211,
+                    "sha256": "9f2c0d3b5e0a4c1d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d",
+                    "width": 1024,
+                    "height": 1536,
+                    "error": None,
+                    "stored_at": "2026-11-24T05:14:58.120931Z",
+                }
+            ]
+        }
+    )
+
     index: int
     status: str = Field(description="pending (not yet copied), stored, or failed")
     source_url: str = Field(description="The provider's link; it expires 24 h after completion.")
@@ -208,6 +258,25 @@ class ResultList(BaseModel):
 
 class EventRead(BaseModel):
     """One thing that happened to a task; `body` is the raw callback or response body."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": 3,
+                    "kind": "callback",
+                    "outcome": "applied",
+                    "from_status": "processing",
+                    "to_status": "completed",
+                    "provider_status": "completed",
+                    "detail": None,
+                    "body": '{"id": "task-unified-1795497285-a0fgv76l", "status": "completed", …}',
+                    "headers": {"content-type": "application/json", "peer": "203.0.113.7"},
+                    "created_at": "2026-11-24T05:14:57.871002Z",
+                }
+            ]
+        }
+    )
 
     id: int
     kind: str = Field(description="created, submission, callback or poll")

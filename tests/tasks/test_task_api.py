@@ -153,7 +153,7 @@ async def test_both_forms_of_cancellation_end_cancelled(api: httpx.AsyncClient) 
 
 
 async def test_the_openapi_document_describes_the_api(api: httpx.AsyncClient) -> None:
-    """The OpenAPI document lists every route, with an example create body."""
+    """The OpenAPI document lists every route, with examples of the main shapes."""
     document = (await api.get("/openapi.json")).json()
     paths = document["paths"]
     for path in (
@@ -164,4 +164,8 @@ async def test_the_openapi_document_describes_the_api(api: httpx.AsyncClient) ->
         "/v1/callbacks/evolink/{task_id}/{token}",
     ):
         assert path in paths
-    assert document["components"]["schemas"]["TaskCreate"]["examples"][0]["image_urls"]
+    schemas = document["components"]["schemas"]
+    for name in ("TaskCreate", "TaskRead", "ResultRead", "EventRead"):
+        assert schemas[name]["examples"], name
+    for path in ("/v1/tasks/{task_id}/refresh", "/v1/tasks/{task_id}/results/{index}", "/metrics"):
+        assert path in paths
