@@ -70,8 +70,12 @@ async def _run_worker(settings: Settings) -> None:
     from app.resources import open_resources
     from app.worker import run_worker
 
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     async with open_resources(settings) as resources:
-        await run_worker(resources)
+        await run_worker(resources, stop)
 
 
 def migrate() -> int:
@@ -144,7 +148,7 @@ async def _run_dev(data_dir: Path) -> None:
         raise SystemExit(_fail(problems))
     api_server = await start_server(create_app(settings), sock=api_socket, log_level="info")
     async with open_resources(settings) as resources:
-        worker = asyncio.create_task(run_worker(resources, install_signal_handlers=False))
+        worker = asyncio.create_task(run_worker(resources))
         _print_banner(settings, api_server.url, database_url, data_dir)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

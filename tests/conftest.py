@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -22,12 +21,11 @@ from fastapi import FastAPI
 
 from app.evolink.simulator import SimulatorConfig, create_simulator_app
 from app.main import create_app
-from app.migrate import upgrade
 from app.resources import Resources
 from app.servers import RunningServer, bind, socket_url, start_server
 from app.settings import Settings
 from app.worker import run_worker
-from helpers import ALPHA_KEY, BETA_KEY, CALLBACK_SECRET, with_database
+from helpers import ALPHA_KEY, BETA_KEY, CALLBACK_SECRET, migrated_database
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -61,14 +59,15 @@ def admin_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def database_url(admin_url: str) -> Iterator[str]:
     """A fresh database, migrated to head, dropped when the run ends."""
-    name = f"edithook_test_{secrets.token_hex(4)}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = with_database(admin_url, name)
-    upgrade(url)
-    yield url
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with migrated_database(admin_url, "edithook_test") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def private_database_url(admin_url: str) -> Iterator[str]:
+    """A migrated database for one module's own processes: no in-process worker touches it."""
+    with migrated_database(admin_url, "edithook_private") as url:
+        yield url
 
 
 async def truncate(database_url: str) -> None:
@@ -146,7 +145,7 @@ async def service(
     app = create_app(settings)
     running = await start_server(app, sock=sock)
     resources: Resources = app.state.resources
-    worker = asyncio.create_task(run_worker(resources, install_signal_handlers=False))
+    worker = asyncio.create_task(run_worker(resources))
     yield Service(server=running, app=app, settings=settings)
     worker.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import secrets
 import time
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+import psycopg
+
+from app.migrate import upgrade
 
 ALPHA_KEY = "alpha-key-0123456789"
 BETA_KEY = "beta-key-0123456789"
@@ -52,3 +58,18 @@ async def events(api: httpx.AsyncClient, task_id: str) -> list[dict[str, Any]]:
 def with_database(url: str, name: str) -> str:
     """`url` pointed at the database `name` on the same server."""
     return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+@contextlib.contextmanager
+def migrated_database(admin_url: str, prefix: str) -> Iterator[str]:
+    """A new database on the server of `admin_url`, migrated to head, dropped on exit."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = with_database(admin_url, name)
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

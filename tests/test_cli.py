@@ -79,7 +79,7 @@ def test_migrate_without_a_database_says_so() -> None:
 
 
 async def test_serve_and_worker_run_a_task_and_never_log_a_callback_token(
-    database_url: str, simulator: RunningServer, clean_db: None, tmp_path: Path
+    private_database_url: str, simulator: RunningServer, tmp_path: Path
 ) -> None:
     """Real `serve` and `worker` processes complete a task; their logs hold no token."""
     sock = bind()
@@ -88,7 +88,7 @@ async def test_serve_and_worker_run_a_task_and_never_log_a_callback_token(
     sock.close()
     env = _env(
         EDITHOOK_ENVIRONMENT="development",
-        EDITHOOK_DATABASE_URL=database_url,
+        EDITHOOK_DATABASE_URL=private_database_url,
         EDITHOOK_EVOLINK_BASE_URL=simulator.url,
         EDITHOOK_EVOLINK_API_KEY="sk-test-key",
         EDITHOOK_PUBLIC_BASE_URL=public_url,

@@ -37,8 +37,9 @@ def register(job_app: procrastinate.App) -> None:
     # Every 5 s, 30 s and hourly; procrastinate defers each periodic run once across all
     # workers, and a queueing lock per job keeps a backlog from piling up runs of one job.
     for name, cron, function in (
-        (jobs.RECONCILE, "*/5 * * * * *", reconcile_job),
-        (jobs.SWEEP, "*/30 * * * * *", sweep_job),
+        # Six fields: the seconds come last.
+        (jobs.RECONCILE, "* * * * * */5", reconcile_job),
+        (jobs.SWEEP, "* * * * * */30", sweep_job),
         (jobs.PRUNE, "17 * * * *", prune_job),
     ):
         task = job_app.task(name=name, pass_context=True, queueing_lock=name)(function)
