@@ -1,0 +1,261 @@
+"""What a run measured, judged against the targets, as a console table and as markdown.
+
+`Measurements` collects the raw numbers; `build_rows` turns them into one `Row` per metric
+(every metric always has a row: one that was not measured says so); `render_text` and
+`render_markdown` print them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from bench.loadgen import LoadResult
+
+TARGET_INGEST_RATIO = 0.85
+TARGET_INGEST_P99_MS = 50.0
+TARGET_LIST_FIRST_P50_MS = 10.0
+TARGET_DEEP_OVER_FIRST = 1.5
+TARGET_SUBMIT_P50_MS = 5.0
+TARGET_COMPLETION_P50_MS = 1000.0
+TARGET_RSS_MB = 150.0
+
+# The comparison servers of the ingest benchmark, in the order they run.
+INGEST_SERVERS = ("floor", "bound", "edithook")
+
+
+@dataclass(frozen=True)
+class Row:
+    metric: str
+    value: str
+    target: str = "—"
+    verdict: str = "—"
+
+
+@dataclass
+class Measurements:
+    """Everything a run measured; a phase that did not run leaves its part empty."""
+
+    machine: dict[str, str] = field(default_factory=dict)
+    tasks: int = 0
+    big_tasks: int | None = None
+    ingest: dict[str, LoadResult] = field(default_factory=dict)
+    # size → "first" | "deep" | "get" → result
+    listing: dict[int, dict[str, LoadResult]] = field(default_factory=dict)
+    # size → the cursor of the deep page measured at that size
+    deep_cursors: dict[int, str] = field(default_factory=dict)
+    post: LoadResult | None = None
+    submit_overhead_ms: list[float] = field(default_factory=list)
+    stored_ms: list[float] = field(default_factory=list)
+    served_ms: list[float] = field(default_factory=list)
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    diagnostics: list[str] = field(default_factory=list)
+
+
+def short_count(number: int) -> str:
+    """1000000 → 1M, 5000000 → 5M, 2000 → 2k, 2500 → 2.5k."""
+    for unit, size in (("M", 1_000_000), ("k", 1_000)):
+        if number >= size:
+            value = number / size
+            return f"{value:g}{unit}" if value >= 10 else f"{value:.3g}{unit}"
+    return str(number)
+
+
+def ms(value: float) -> str:
+    return "—" if math.isnan(value) else f"{value:.2f} ms"
+
+
+def quantile(values: list[float], share: float) -> float:
+    """Nearest-rank quantile; NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(share * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def _verdict(ok: bool | None) -> str:
+    if ok is None:
+        return "—"
+    return "met" if ok else "MISSED"
+
+
+def _at_most(value: float, limit: float) -> str:
+    return _verdict(None if math.isnan(value) else value <= limit)
+
+
+def _ingest_rows(m: Measurements) -> list[Row]:
+    rows: list[Row] = []
+    for name in INGEST_SERVERS:
+        result = m.ingest.get(name)
+        label = f"callback ingest {name}"
+        if result is None:
+            rows += [Row(f"{label} {what}", "not run") for what in ("throughput", "p50", "p99")]
+            continue
+        p99_target, p99_verdict = "—", "—"
+        if name == "edithook":
+            p99_target = f"≤ {TARGET_INGEST_P99_MS:g} ms"
+            p99_verdict = _at_most(result.p99_ms, TARGET_INGEST_P99_MS)
+        rows += [
+            Row(f"{label} throughput", f"{result.throughput:,.0f} req/s"),
+            Row(f"{label} p50", ms(result.p50_ms)),
+            Row(f"{label} p99", ms(result.p99_ms), p99_target, p99_verdict),
+        ]
+    service, bound, floor = (m.ingest.get(k) for k in ("edithook", "bound", "floor"))
+    if service and bound and bound.throughput:
+        ratio = service.throughput / bound.throughput
+        rows.append(
+            Row(
+                "callback ingest edithook / bound",
+                f"{ratio:.1%}",
+                f"≥ {TARGET_INGEST_RATIO:.0%}",
+                _verdict(ratio >= TARGET_INGEST_RATIO),
+            )
+        )
+    else:
+        rows.append(
+            Row("callback ingest edithook / bound", "not run", f"≥ {TARGET_INGEST_RATIO:.0%}")
+        )
+    for name, numerator, denominator in (
+        ("edithook / floor", service, floor),
+        ("bound / floor", bound, floor),
+    ):
+        if numerator and denominator and denominator.throughput:
+            ratio = numerator.throughput / denominator.throughput
+            rows.append(Row(f"callback ingest {name}", f"{ratio:.1%}"))
+        else:
+            rows.append(Row(f"callback ingest {name}", "not run"))
+    return rows
+
+
+def _listing_rows(m: Measurements, size: int | None, *, targeted: bool) -> list[Row]:
+    at = f"@ {short_count(size)}" if size else "@ big"
+    found = m.listing.get(size or -1, {})
+    first, deep = found.get("first"), found.get("deep")
+    rows: list[Row] = []
+    first_target = f"≤ {TARGET_LIST_FIRST_P50_MS:g} ms" if targeted else "—"
+    if first is None:
+        rows += [Row(f"list first page p50 {at}", "not run", first_target)]
+        rows += [Row(f"list first page p99 {at}", "not run")]
+    else:
+        verdict = _at_most(first.p50_ms, TARGET_LIST_FIRST_P50_MS) if targeted else "—"
+        rows += [
+            Row(f"list first page p50 {at}", ms(first.p50_ms), first_target, verdict),
+            Row(f"list first page p99 {at}", ms(first.p99_ms)),
+        ]
+    deep_target = f"≤ {TARGET_DEEP_OVER_FIRST:g} × first"
+    if deep is None or first is None:
+        rows += [Row(f"list deep page p50 {at}", "not run", deep_target)]
+        rows += [Row(f"list deep page p99 {at}", "not run")]
+    else:
+        ratio = deep.p50_ms / first.p50_ms if first.p50_ms else math.nan
+        rows += [
+            Row(
+                f"list deep page p50 {at}",
+                f"{ms(deep.p50_ms)} ({ratio:.2f} ×)",
+                deep_target,
+                _at_most(ratio, TARGET_DEEP_OVER_FIRST),
+            ),
+            Row(f"list deep page p99 {at}", ms(deep.p99_ms)),
+        ]
+    return rows
+
+
+def build_rows(m: Measurements) -> list[Row]:
+    """One row per metric, in a fixed order, whatever ran."""
+    rows = _ingest_rows(m)
+    rows += _listing_rows(m, m.tasks, targeted=False)
+    rows += _listing_rows(m, m.big_tasks, targeted=True)
+    get = m.listing.get(m.tasks, {}).get("get")
+    at = f"@ {short_count(m.tasks)}"
+    rows += [
+        Row(f"get task p50 {at}", ms(get.p50_ms) if get else "not run"),
+        Row(f"get task p99 {at}", ms(get.p99_ms) if get else "not run"),
+    ]
+    submit_target = f"≤ {TARGET_SUBMIT_P50_MS:g} ms"
+    post = m.post
+    rows += [
+        Row(
+            "submission POST /v1/tasks p50",
+            ms(post.p50_ms) if post else "not run",
+            submit_target,
+            _at_most(post.p50_ms, TARGET_SUBMIT_P50_MS) if post else "—",
+        ),
+        Row("submission POST /v1/tasks p99", ms(post.p99_ms) if post else "not run"),
+    ]
+    overhead = m.submit_overhead_ms
+    p50 = quantile(overhead, 0.5)
+    rows += [
+        Row(
+            "submission worker job − simulator p50",
+            ms(p50),
+            submit_target,
+            _at_most(p50, TARGET_SUBMIT_P50_MS),
+        ),
+        Row("submission worker job − simulator p99", ms(quantile(overhead, 0.99))),
+    ]
+    stored50 = quantile(m.stored_ms, 0.5)
+    rows += [
+        Row(
+            "completion → stored p50",
+            ms(stored50),
+            f"≤ {TARGET_COMPLETION_P50_MS:g} ms",
+            _at_most(stored50, TARGET_COMPLETION_P50_MS),
+        ),
+        Row("completion → stored p99", ms(quantile(m.stored_ms, 0.99))),
+        Row("completion → image served p50", ms(quantile(m.served_ms, 0.5))),
+    ]
+    for role in ("api", "worker"):
+        peak = m.peak_rss_mb.get(role, math.nan)
+        rows.append(
+            Row(
+                f"peak RSS {role}",
+                "not run" if math.isnan(peak) else f"{peak:.1f} MB",
+                f"≤ {TARGET_RSS_MB:g} MB",
+                _at_most(peak, TARGET_RSS_MB),
+            )
+        )
+    return rows
+
+
+def render_text(rows: list[Row]) -> str:
+    header = Row("metric", "value", "target", "verdict")
+    widths = [
+        max(len(getattr(row, f)) for row in [header, *rows]) for f in ("metric", "value", "target")
+    ]
+    lines = []
+    for row in [header, *rows]:
+        metric, value, target = (
+            row.metric.ljust(widths[0]),
+            row.value.rjust(widths[1]),
+            row.target.ljust(widths[2]),
+        )
+        lines.append(f"{metric}  {value}  {target}  {row.verdict}")
+        if row is header:
+            lines.append("-" * (sum(widths) + 6 + len("verdict")))
+    return "\n".join(lines)
+
+
+def render_markdown(m: Measurements, rows: list[Row]) -> str:
+    lines = ["# edithook benchmark", "", "## Machine", ""]
+    lines += [f"- {name}: {value}" for name, value in m.machine.items()]
+    lines += ["", "## Results", "", "| metric | value | target | verdict |", "|---|---:|---|---|"]
+    lines += [f"| {r.metric} | {r.value} | {r.target} | {r.verdict} |" for r in rows]
+    if m.notes:
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in m.notes]
+    if m.diagnostics:
+        lines += ["", "## Diagnostics", "", *m.diagnostics]
+    return "\n".join(lines) + "\n"
+
+
+def describe(result: LoadResult) -> str:
+    """A one-line account of a load run, for the notes."""
+    statuses = ", ".join(f"{code}: {n:,}" for code, n in result.statuses.items()) or "none"
+    extra = "; ran out of requests" if result.exhausted else ""
+    cores = ", ".join(f"{name} {used:.2f}" for name, used in result.cpu_cores.items())
+    return (
+        f"{result.count:,} requests in {result.seconds:.1f} s (answers {statuses};"
+        f" connection errors {result.errors}{extra}); p90 {ms(result.p90_ms)},"
+        f" max {ms(result.max_ms)}; CPU cores used: {cores or 'not sampled'}"
+    )

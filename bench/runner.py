@@ -1,0 +1,222 @@
+"""`python -m bench`: set everything up, run every measurement, print and write the table.
+
+The order of a run:
+
+1. a database `edithook_bench` on the server the tests would use, migrated; seeded with
+   `--tasks` tasks (the newest of them in flight, as ingest targets), vacuumed and analysed;
+2. the simulator and `edithook serve`;
+3. callback ingest: floor, bound, edithook (no worker running); then the receiver's
+   statement-by-statement cost, and the leftovers of ingest settled;
+4. listing (first and deep page) and single tasks at `--tasks`; POST /v1/tasks;
+5. `edithook worker` started: task flows for completion → stored and the submit job;
+   the worker stopped;
+6. the table grown to `--big-tasks` and listing measured again (unless `--skip-big`);
+7. EXPLAIN ANALYZE of the listing queries at the final size; everything stopped, the
+   database dropped (unless `--keep`), the table printed and written as markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import random
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench import database, diagnose, explain
+from bench.api_phases import Timing, run_flows, run_listing, run_post
+from bench.ingest import IngestPlan, run_ingest
+from bench.machine import describe_machine
+from bench.report import Measurements, build_rows, render_markdown, render_text, short_count
+from bench.seed import HISTORY, Target, seed_tasks
+from bench.stack import Stack
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+DATABASE_NAME = "edithook_bench"
+# Enough in-flight targets per receiver for ~10,000 callbacks a second over 12 s.
+MAX_TARGETS = 120_000
+PROBES = 200
+
+
+@dataclass(frozen=True)
+class Options:
+    tasks: int
+    big_tasks: int | None
+    duration: float
+    warmup: float
+    concurrency: int
+    deep_pages: int
+    flows: int
+    smoke: bool
+    keep: bool
+    out: Path
+    admin_url: str | None
+    log_level: str
+    logs: Path | None
+
+
+def parse_args(argv: list[str] | None) -> Options:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", type=int, default=1_000_000, help="tasks for most phases")
+    parser.add_argument("--big-tasks", type=int, default=5_000_000, help="tasks for listing again")
+    parser.add_argument("--skip-big", action="store_true", help="do not grow to --big-tasks")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per phase")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        help="seconds before measuring (default: duration / 5, at most 2)",
+    )
+    parser.add_argument("--concurrency", type=int, default=32, help="connections for ingest")
+    parser.add_argument(
+        "--deep-pages", type=int, default=100, help="cursors followed from mid-history (100 each)"
+    )
+    parser.add_argument("--flows", type=int, default=30, help="tasks run to completion")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds in all")
+    parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
+    parser.add_argument("--out", type=Path, help="markdown file (bench/results/latest.md)")
+    parser.add_argument("--admin-url", help="a Postgres URL where a database may be created")
+    parser.add_argument("--log-level", default="info", help="EDITHOOK_LOG_LEVEL of the servers")
+    parser.add_argument("--logs", type=Path, help="keep the processes' logs in this folder")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.tasks, args.big_tasks, args.duration = 2_000, 5_000, 1.0
+        args.deep_pages, args.flows = 3, 3
+    big = None if args.skip_big or args.big_tasks <= args.tasks else args.big_tasks
+    default_out = RESULTS_DIR / ("smoke.md" if args.smoke else "latest.md")
+    return Options(
+        tasks=args.tasks,
+        big_tasks=big,
+        duration=args.duration,
+        warmup=args.warmup if args.warmup is not None else min(2.0, args.duration / 5),
+        concurrency=args.concurrency,
+        deep_pages=args.deep_pages,
+        flows=args.flows,
+        smoke=args.smoke,
+        keep=args.keep,
+        out=args.out or default_out,
+        admin_url=args.admin_url,
+        log_level=args.log_level,
+        logs=args.logs,
+    )
+
+
+def _step(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _seed(
+    url: str, count: int, m: Measurements, *, now: datetime, targets: int = 0, first_serial: int = 0
+) -> list[Target]:
+    """Add `count` tasks, vacuum and analyse; note how long it took; the ingest targets."""
+    report = seed_tasks(url, count, now=now, targets=targets, first_serial=first_serial)
+    started = time.perf_counter()
+    database.vacuum_analyze(url, "tasks", "task_results")
+    vacuum = time.perf_counter() - started
+    m.notes.append(
+        f"seeded {report.tasks:,} tasks and {report.results:,} result rows in"
+        f" {report.seconds:.1f} s (COPY {report.copy_seconds:.1f} s, then indexes rebuilt and"
+        f" results derived), then VACUUM ANALYZE in {vacuum:.1f} s"
+    )
+    return report.targets
+
+
+def run(options: Options, stack: Stack, m: Measurements) -> None:
+    """Every phase, in order, filling `m`."""
+    url = stack.database_url
+    timing = Timing(options.duration, options.warmup)
+    now = datetime.now(UTC)
+    middle = now - HISTORY / 2
+    per_receiver = min(MAX_TARGETS, options.tasks // 5)
+    _step(f"seeding {options.tasks:,} tasks ({2 * per_receiver + PROBES:,} in flight)")
+    targets = _seed(url, options.tasks, m, now=now, targets=2 * per_receiver + PROBES)
+    probes, targets = targets[:PROBES], targets[PROBES:]
+    service_targets, bound_targets = targets[0::2], targets[1::2]
+
+    _step("starting the simulator and edithook serve")
+    stack.start_simulator()
+    stack.start_api()
+
+    _step("callback ingest: floor, bound, edithook")
+    plan = IngestPlan(options.concurrency, options.duration, options.warmup)
+    order = random.Random(7)  # noqa: S311 - a reproducible order, not a secret
+    run_ingest(stack, m, service_targets, bound_targets, plan, order)
+    _step("callback path, statement by statement")
+    m.diagnostics += diagnose.callback_breakdown(url, probes)
+    left = database.settle_leftovers(url)
+    m.notes.append(f"after ingest: settled leftovers {left}")
+    database.vacuum_analyze(url, "tasks", "task_results", "task_events")
+
+    _step(f"listing at {short_count(options.tasks)}")
+    run_listing(stack, m, options.tasks, timing, middle, options.deep_pages, get=True)
+    _step("POST /v1/tasks")
+    run_post(stack, m, timing)
+
+    _step(f"edithook worker: {options.flows} tasks from creation to stored")
+    stack.start_worker()
+    run_flows(stack, m, options.flows)
+    stack.stop_worker()
+    _step("submission, statement by statement")
+    m.diagnostics += diagnose.submission_breakdown(stack.service_env(), stack.simulator_url)
+
+    if options.big_tasks:
+        extra = options.big_tasks - options.tasks
+        _step(f"growing to {options.big_tasks:,} tasks")
+        _seed(url, extra, m, now=now, first_serial=options.tasks)
+        _step(f"listing at {short_count(options.big_tasks)}")
+        run_listing(stack, m, options.big_tasks, timing, middle, options.deep_pages, get=False)
+    size = options.big_tasks or options.tasks
+    _step(f"EXPLAIN ANALYZE of the listing queries at {short_count(size)}")
+    m.diagnostics += explain.explain_listing(url, size, m.deep_cursors.get(size))
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_args(argv)
+    m = Measurements(tasks=options.tasks, big_tasks=options.big_tasks)
+    name = DATABASE_NAME + (f"_smoke_{secrets.token_hex(3)}" if options.smoke else "")
+    if options.logs:
+        options.logs.mkdir(parents=True, exist_ok=True)
+    run_dir = options.logs or Path(tempfile.mkdtemp(prefix="edithook-bench-"))
+    failed = True
+    try:
+        with (
+            database.postgres_server(options.admin_url) as admin_url,
+            database.bench_database(admin_url, name, keep=options.keep) as url,
+        ):
+            m.machine = describe_machine(url)
+            m.machine["run"] = (
+                f"{short_count(options.tasks)} / "
+                f"{short_count(options.big_tasks) if options.big_tasks else '—'} tasks,"
+                f" {options.duration:g} s per phase after {options.warmup:g} s warm-up,"
+                f" {options.concurrency} connections for ingest,"
+                f" EDITHOOK_LOG_LEVEL={options.log_level}"
+            )
+            stack = Stack(url, run_dir, log_level=options.log_level)
+            try:
+                run(options, stack, m)
+            finally:
+                stack.stop_all()
+                for role in ("api", "worker"):
+                    if role in stack.peaks:
+                        m.peak_rss_mb[role] = stack.peaks[role]
+        failed = False
+    finally:
+        if failed:
+            print(f"the run failed; process logs are in {run_dir}", file=sys.stderr)
+        elif not options.logs:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(run_dir)
+    rows = build_rows(m)
+    print()
+    print(render_text(rows))
+    for note in m.notes:
+        print(f"  - {note}")
+    options.out.parent.mkdir(parents=True, exist_ok=True)
+    options.out.write_text(render_markdown(m, rows))
+    print(f"\nwritten to {options.out}")
+    return 0

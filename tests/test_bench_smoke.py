@@ -1,0 +1,70 @@
+"""`python -m bench --smoke` keeps working: it runs every phase and prints every metric.
+
+Nothing here looks at the numbers; a benchmark's timings are not a test's business.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Each metric of the table; listing rows come once per table size.
+METRICS = {
+    "callback ingest floor throughput": 1,
+    "callback ingest floor p50": 1,
+    "callback ingest floor p99": 1,
+    "callback ingest bound throughput": 1,
+    "callback ingest bound p50": 1,
+    "callback ingest bound p99": 1,
+    "callback ingest edithook throughput": 1,
+    "callback ingest edithook p50": 1,
+    "callback ingest edithook p99": 1,
+    "callback ingest edithook / bound": 1,
+    "callback ingest edithook / floor": 1,
+    "callback ingest bound / floor": 1,
+    "list first page p50 @": 2,
+    "list first page p99 @": 2,
+    "list deep page p50 @": 2,
+    "list deep page p99 @": 2,
+    "get task p50 @": 1,
+    "get task p99 @": 1,
+    "submission POST /v1/tasks p50": 1,
+    "submission POST /v1/tasks p99": 1,
+    "submission worker job − simulator p50": 1,
+    "submission worker job − simulator p99": 1,
+    "completion → stored p50": 1,
+    "completion → stored p99": 1,
+    "completion → image served p50": 1,
+    "peak RSS api": 1,
+    "peak RSS worker": 1,
+}
+
+
+@pytest.mark.timeout(180)
+def test_smoke_run_measures_every_metric(tmp_path: Path) -> None:
+    """A seconds-long run exits 0 and its table has a measured value for every metric."""
+    out = tmp_path / "smoke.md"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = {}
+    for line in out.read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == 4 and cells[0] != "metric":
+            rows[cells[0]] = cells[1]
+    for metric, times in METRICS.items():
+        found = [name for name in rows if name == metric or name.startswith(metric + " ")]
+        assert len(found) == times, f"{metric!r}: {found}"
+        for name in found:
+            assert rows[name] not in ("not run", "—"), f"{name} has no value"
+            assert name in result.stdout, f"{name} is not in the printed table"
