@@ -66,7 +66,7 @@ async def receive_evolink_callback(
     body, size = await read_limited(request, resources.settings.callback_max_body_bytes)
     headers = chosen_headers(request.headers, request.client.host if request.client else None)
     try:
-        receipt = await record_callback(
+        outcome = await record_callback(
             resources.sessions,
             parsed_id,
             body,
@@ -76,12 +76,12 @@ async def receive_evolink_callback(
     except (OperationalError, InterfaceError, DBAPIError, OSError) as exc:
         logger.error("could not record a callback for task %s: %s", parsed_id, type(exc).__name__)
         raise ServiceUnavailable("The callback could not be recorded; retry.") from exc
-    if receipt is None:
+    if outcome is None:
         raise NotFound()
     if body is None:
         raise PayloadTooLarge(
             f"The body is over {resources.settings.callback_max_body_bytes} bytes."
         )
-    if receipt.outcome == EventOutcome.REJECTED:
+    if outcome == EventOutcome.REJECTED:
         raise BadRequest("The body is not an EvoLink task object; the attempt is recorded.")
-    return JSONResponse({"received": True, "outcome": receipt.outcome.value})
+    return JSONResponse({"received": True, "outcome": outcome.value})

@@ -4,27 +4,18 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db import transaction
 from app.evolink.schemas import ProviderTask
-from app.models import Task
 from app.tasks.lifecycle import EventKind, EventOutcome
-from app.tasks.transitions import Verdict, apply_verdict, observe
+from app.tasks.transitions import Verdict, apply_verdict, find_locked, observe
 
 # Request headers worth keeping with a callback; the rest say nothing about the delivery.
 KEPT_HEADERS = ("content-type", "content-length", "user-agent", "x-forwarded-for", "x-request-id")
-
-
-@dataclass
-class Receipt:
-    outcome: EventOutcome
-    event_id: int
 
 
 def chosen_headers(headers: Any, client_host: str | None) -> dict[str, str]:
@@ -56,8 +47,9 @@ async def record_callback(
     headers: dict[str, str],
     *,
     oversize_bytes: int | None = None,
-) -> Receipt | None:
-    """Record one delivery for `task_id` and apply it; None when there is no such task.
+) -> EventOutcome | None:
+    """Record one delivery for `task_id`, apply it, and say what it did (the event's outcome);
+    None when there is no such task.
 
     `body` is None when it was refused for its size (`oversize_bytes` says how large it was
     claimed or read to be); such a delivery and an unreadable one are recorded as rejected.
@@ -68,9 +60,7 @@ async def record_callback(
     )
     raw = body.decode("utf-8", errors="replace") if body is not None else None
     async with transaction(sessions) as session:
-        task = (
-            await session.execute(select(Task).where(Task.id == task_id).with_for_update())
-        ).scalar_one_or_none()
+        task = await find_locked(session, task_id)
         if task is None:
             return None
         if isinstance(parsed, str):
@@ -86,5 +76,4 @@ async def record_callback(
             event = await observe(
                 session, task, parsed, EventKind.CALLBACK, body=raw, headers=headers
             )
-        await session.flush()
-        return Receipt(EventOutcome(event.outcome), event.id)
+        return EventOutcome(event.outcome)

@@ -19,8 +19,8 @@ from app.db import transaction
 from app.evolink.client import EvoLinkError
 from app.models import Task
 from app.resources import Resources
-from app.tasks.lifecycle import EventKind, EventOutcome, TaskStatus
-from app.tasks.transitions import Verdict, apply_verdict, observe
+from app.tasks.lifecycle import TERMINAL, EventKind, EventOutcome, TaskStatus
+from app.tasks.transitions import Verdict, apply_verdict, fail, lock_task, observe
 
 logger = logging.getLogger("edithook.reconcile")
 
@@ -57,12 +57,12 @@ async def poll_task(resources: Resources, task_id: uuid.UUID) -> PollResult:
             timeout = timedelta(seconds=resources.settings.submit_unknown_timeout_seconds)
             if (
                 exc.code == "task_not_found"
-                and task.status not in _TERMINAL
+                and task.status not in TERMINAL
                 and silent_for > timeout
             ):
-                _give_up(
-                    verdict, "provider_task_not_found", "the provider no longer knows this task"
-                )
+                message = "the provider no longer knows this task"
+                fail(verdict, EventKind.SYSTEM, "provider_task_not_found", message)
+                verdict.detail = message
             await apply_verdict(session, task, verdict, EventKind.POLL)
         return PollResult(verdict.outcome, detail)
     async with transaction(resources.sessions) as session:
@@ -73,28 +73,11 @@ async def poll_task(resources: Resources, task_id: uuid.UUID) -> PollResult:
         return PollResult(EventOutcome(event.outcome), event.detail)
 
 
-_TERMINAL = {s.value for s in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)}
-
-
 async def _mark_polled(session: AsyncSession, task_id: uuid.UUID) -> Task:
-    task = (
-        await session.execute(select(Task).where(Task.id == task_id).with_for_update())
-    ).scalar_one()
+    task = await lock_task(session, task_id)
     task.polled_at = datetime.now(UTC)
     task.poll_count += 1
     return task
-
-
-def _give_up(verdict: Verdict, code: str, message: str) -> None:
-    verdict.to_status = TaskStatus.FAILED
-    verdict.detail = message
-    verdict.changes = {
-        "status": TaskStatus.FAILED.value,
-        "error_code": code,
-        "error_message": message,
-        "resolved_by": EventKind.SYSTEM.value,
-        "finished_at": datetime.now(UTC),
-    }
 
 
 async def due_for_poll(session: AsyncSession, resources: Resources, limit: int) -> list[uuid.UUID]:
@@ -146,13 +129,16 @@ async def give_up_on_silent_submissions(resources: Resources) -> int:
             )
         ).scalars()
         for task in tasks:
-            verdict = Verdict(EventOutcome.APPLIED)
             minutes = resources.settings.submit_unknown_timeout_seconds / 60
-            _give_up(
-                verdict,
-                "submission_outcome_unknown",
+            message = (
                 "the provider never confirmed the submission and sent no word "
-                f"for {minutes:g} minutes",
+                f"for {minutes:g} minutes"
+            )
+            verdict = fail(
+                Verdict(EventOutcome.APPLIED, message),
+                EventKind.SYSTEM,
+                "submission_outcome_unknown",
+                message,
             )
             await apply_verdict(session, task, verdict, EventKind.SYSTEM)
             given_up += 1

@@ -12,7 +12,7 @@ import logging
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import transaction
@@ -23,7 +23,7 @@ from app.resources import Resources
 from app.security import callback_path, callback_token
 from app.settings import Settings
 from app.tasks.lifecycle import EventKind, EventOutcome, TaskStatus
-from app.tasks.transitions import Verdict, apply_verdict, observe
+from app.tasks.transitions import Verdict, apply_verdict, fail, lock_task, observe
 
 logger = logging.getLogger("edithook.submission")
 
@@ -83,16 +83,10 @@ async def submit_task(
         return None
 
     async with transaction(resources.sessions) as session:
-        task = await _locked(session, task_id)
+        task = await lock_task(session, task_id)
         task.submitted_at = task.submitted_at or datetime.now(UTC)
         await observe(session, task, created, EventKind.SUBMISSION, body=created.model_dump_json())
     return None
-
-
-async def _locked(session: AsyncSession, task_id: uuid.UUID) -> Task:
-    return (
-        await session.execute(select(Task).where(Task.id == task_id).with_for_update())
-    ).scalar_one()
 
 
 async def _record_failure(
@@ -103,7 +97,7 @@ async def _record_failure(
     detail = f"{exc.outcome}: {answer}, {exc.code or 'no code'}: {exc.message}"
     logger.warning("submission of task %s failed (%s)", task_id, detail)
     async with transaction(resources.sessions) as session:
-        task = await _locked(session, task_id)
+        task = await lock_task(session, task_id)
         if task.status != TaskStatus.SUBMITTING:
             # A callback settled it meanwhile (possible after an ambiguous create).
             await apply_verdict(
@@ -121,12 +115,6 @@ async def _record_failure(
                 "waiting for its callback or a poll"
             )
         else:
-            verdict.to_status = TaskStatus.FAILED
-            verdict.changes = {
-                "status": TaskStatus.FAILED.value,
-                "error_code": exc.code or f"provider_http_{exc.status_code or 'unreachable'}",
-                "error_message": exc.message,
-                "resolved_by": EventKind.SUBMISSION.value,
-                "finished_at": datetime.now(UTC),
-            }
+            code = exc.code or f"provider_http_{exc.status_code or 'unreachable'}"
+            fail(verdict, EventKind.SUBMISSION, code, exc.message)
         await apply_verdict(session, task, verdict, EventKind.SUBMISSION)

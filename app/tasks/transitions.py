@@ -8,10 +8,12 @@ terminal state is kept as an anomaly instead of being applied.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -104,6 +106,33 @@ def judge(task: Task, observed: ProviderTask, source: EventKind) -> Verdict:
             error.message if error else None
         ) or f"the provider reports {observed.status}"
     return verdict
+
+
+def fail(verdict: Verdict, source: EventKind, code: str, message: str) -> Verdict:
+    """Make `verdict` end the task `failed` with `code` and `message`, as decided by `source`."""
+    verdict.to_status = TaskStatus.FAILED
+    verdict.changes = {
+        "status": TaskStatus.FAILED.value,
+        "error_code": code,
+        "error_message": message,
+        "resolved_by": source.value,
+        "finished_at": datetime.now(UTC),
+    }
+    return verdict
+
+
+async def find_locked(session: AsyncSession, task_id: uuid.UUID) -> Task | None:
+    """The task's row, locked until the transaction ends; None when there is no such task."""
+    statement = select(Task).where(Task.id == task_id).with_for_update()
+    return (await session.execute(statement)).scalar_one_or_none()
+
+
+async def lock_task(session: AsyncSession, task_id: uuid.UUID) -> Task:
+    """`find_locked` for a task known to exist (tasks are never deleted)."""
+    task = await find_locked(session, task_id)
+    if task is None:
+        raise LookupError(f"task {task_id} does not exist")
+    return task
 
 
 def _progress(value: Any) -> int | None:
