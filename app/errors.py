@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger("edithook")
@@ -143,6 +144,21 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) and exc.status_code != 404 else None
         return problem(exc.status_code, detail=detail, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(DBAPIError)
+    async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
+        if not exc.connection_invalidated:
+            return await _unexpected(request, exc)
+        # A connection lost to a Postgres restart or outage. The engine has discarded its
+        # pooled connections, so the client's retry has a fair chance.
+        logger.error("database connection lost on %s %s", request.method, request.url.path)
+        return problem(
+            503,
+            slug=ServiceUnavailable.slug,
+            title=ServiceUnavailable.title,
+            detail="The database connection was lost; retry.",
+            headers={"Retry-After": "1"},
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

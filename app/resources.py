@@ -9,9 +9,10 @@ from urllib.parse import urlsplit
 
 import httpx
 import procrastinate
+from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.db import create_engine, create_sessionmaker
+from app.db import create_engine, create_pool, create_sessionmaker
 from app.evolink.client import EvoLinkClient, build_http_client
 from app.jobs import create_job_app
 from app.results.storage import ResultStorage
@@ -25,6 +26,8 @@ class Resources:
     settings: Settings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
+    # One-statement writes on the hot paths (see app.db); the engine is their fallback.
+    pool: AsyncConnectionPool
     evolink: EvoLinkClient
     api_keys: ApiKeys
     job_app: procrastinate.App
@@ -47,6 +50,7 @@ async def open_resources(settings: Settings, *, listen: bool = False) -> AsyncIt
     With `listen`, also a TaskWaiter holding one LISTEN connection for waiting requests.
     """
     engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
+    pool = create_pool(settings.database_url, pool_size=settings.db_pool_size)
     provider_http = build_http_client(
         connect_timeout=settings.provider_connect_timeout_seconds,
         read_timeout=settings.provider_read_timeout_seconds,
@@ -55,6 +59,7 @@ async def open_resources(settings: Settings, *, listen: bool = False) -> AsyncIt
     job_app = create_job_app(settings.database_url)
     waiter = TaskWaiter(settings.database_url) if listen else None
     try:
+        await pool.open(wait=True)
         await job_app.open_async()
         if waiter is not None:
             await waiter.start()
@@ -62,6 +67,7 @@ async def open_resources(settings: Settings, *, listen: bool = False) -> AsyncIt
             settings=settings,
             engine=engine,
             sessions=create_sessionmaker(engine),
+            pool=pool,
             evolink=EvoLinkClient(
                 provider_http,
                 settings.evolink_base_url,
@@ -79,4 +85,5 @@ async def open_resources(settings: Settings, *, listen: bool = False) -> AsyncIt
         await job_app.close_async()
         await download_http.aclose()
         await provider_http.aclose()
+        await pool.close()
         await engine.dispose()

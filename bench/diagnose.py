@@ -1,8 +1,8 @@
-"""Where the time goes: the callback path statement by statement, and the listing plans.
+"""Where the time goes: the callback path (direct and careful), and the submit job.
 
 Both run in the harness's own process against the benchmark database, through edithook's
-own code (`record_callback`, `list_tasks`) on an engine built by `app.db.create_engine`, so
-they issue exactly the statements the service issues. They return markdown lines.
+own code (`record_callback`, `submit_task`) on the engine and direct pool `app.db` builds,
+so they issue exactly the statements the service issues. They return markdown lines.
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ import httpx
 import psycopg
 from psycopg.types.json import Jsonb
 from sqlalchemy import event, text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.callbacks.service import record_callback
-from app.db import async_url, create_engine, create_sessionmaker, transaction
+from app.db import create_engine, create_pool, create_sessionmaker, transaction
 from app.resources import open_resources
 from app.settings import Settings
 from app.tasks.schemas import TaskCreate
@@ -96,82 +95,60 @@ def _statement_table(clock: _StatementClock, calls: int) -> list[str]:
     return lines
 
 
-async def _checkout_ms(url: str, *, pre_ping: bool) -> float:
-    """Mean time to check a connection out of a warm pool and return it, in ms."""
-    engine = (
-        create_engine(url)
-        if pre_ping
-        else create_async_engine(async_url(url), pool_size=10, max_overflow=10)
-    )
-    times: list[float] = []
-    try:
-        for index in range(60):
-            started = time.perf_counter()
-            async with engine.connect():
-                pass
-            if index >= WARMUP_CALLS:
-                times.append(time.perf_counter() - started)
-    finally:
-        await engine.dispose()
-    return statistics.fmean(times) * 1000
+async def _time_calls(
+    sessions: Any, pool: Any, probes: list[Target], clock: _StatementClock | None = None
+) -> list[float]:
+    """Seconds per `record_callback` for each probe after the warm-up ones, sequentially."""
+    totals: list[float] = []
+    for index, target in enumerate(probes):
+        if clock is not None and index == WARMUP_CALLS:
+            clock.reset()
+        body = callback_body(target)
+        started = time.perf_counter()
+        await record_callback(sessions, pool, uuid.UUID(target.task_id), body, dict(HEADERS))
+        if index >= WARMUP_CALLS:
+            totals.append(time.perf_counter() - started)
+    return totals
 
 
 async def _breakdown(url: str, probes: list[Target]) -> list[str]:
-    half = len(probes) // 2
-    service_probes, bound_probes = probes[:half], probes[half:]
+    third = len(probes) // 3
+    direct_probes, careful_probes, bound_probes = (
+        probes[:third],
+        probes[third : 2 * third],
+        probes[2 * third :],
+    )
     engine = create_engine(url)
     sessions = create_sessionmaker(engine)
+    pool = create_pool(url)
+    await pool.open(wait=True)
     clock = _StatementClock()
     clock.attach(engine.sync_engine)
-    totals: list[float] = []
-    commits: list[float] = []
     try:
-        for index, target in enumerate(service_probes):
-            if index == WARMUP_CALLS:
-                clock.reset()
-            body = callback_body(target)
-            clock.commit_started = None
-            started = time.perf_counter()
-            await record_callback(sessions, uuid.UUID(target.task_id), body, dict(HEADERS))
-            done = time.perf_counter()
-            if index >= WARMUP_CALLS:
-                totals.append(done - started)
-                if clock.commit_started is not None:
-                    commits.append(done - clock.commit_started)
+        direct_times = await _time_calls(sessions, pool, direct_probes)
+        careful_times = await _time_calls(sessions, None, careful_probes, clock)
     finally:
+        await pool.close()
         await engine.dispose()
-    with_ping = await _checkout_ms(url, pre_ping=True)
-    without_ping = await _checkout_ms(url, pre_ping=False)
-    calls = len(totals)
     bound_times = await _time_bound(url, bound_probes)
-    lines = [
+    calls = len(careful_times)
+    return [
         "### Callback path, one completion at a time",
         "",
-        f"`record_callback` (what the receiver runs after the token check) for {calls}"
-        " in-flight tasks, sequentially, in the harness's process; each statement timed"
-        " from SQLAlchemy's before/after cursor events (round trip plus driver work).",
+        "`record_callback` (what the receiver runs after the token check), sequentially, in"
+        " the harness's process, for in-flight tasks:",
+        "",
+        f"- one statement on the direct pool (what a completion or its duplicate takes):"
+        f" mean {_mean_ms(direct_times):.3f} ms over {len(direct_times)} tasks",
+        f"- the bound's single statement, autocommit, same driver: mean"
+        f" {_mean_ms(bound_times):.3f} ms over {len(bound_times)} other tasks",
+        f"- the careful path (row lock, `judge`, ORM; what every unusual message takes):"
+        f" mean {_mean_ms(careful_times):.3f} ms over {calls} other tasks, its statements"
+        " timed from SQLAlchemy's before/after cursor events (round trip plus driver work):",
         "",
         *_statement_table(clock, calls),
-    ]
-    statement_total = sum(sum(seconds) for seconds in clock.seconds.values())
-    mean_total = statistics.fmean(totals) * 1000 if totals else math.nan
-    mean_statements = statement_total / calls * 1000 if calls else math.nan
-    mean_commit = statistics.fmean(commits) * 1000 if commits else math.nan
-    rest = mean_total - mean_statements - mean_commit
-    lines += [
         "",
-        f"- whole call: mean {mean_total:.3f} ms: statements {mean_statements:.3f} ms,"
-        f" COMMIT {mean_commit:.3f} ms, the rest (session, ORM, pydantic, pool checkout with"
-        f" its pre-ping) {rest:.3f} ms",
-        f"- pool checkout and return: {with_ping:.3f} ms with `pool_pre_ping` (as"
-        f" `app.db.create_engine` sets it), {without_ping:.3f} ms without",
     ]
-    if bound_times:
-        lines.append(
-            f"- the bound's single statement for {len(bound_times)} other tasks, autocommit,"
-            f" same driver: mean {statistics.fmean(bound_times) * 1000:.3f} ms"
-        )
-    return [*lines, ""]
 
 
 async def _time_bound(url: str, probes: list[Target]) -> list[float]:
@@ -197,17 +174,15 @@ async def _time_bound(url: str, probes: list[Target]) -> list[float]:
 
 def callback_breakdown(url: str, probes: list[Target]) -> list[str]:
     """Markdown: the receiver's statements and their cost per completion, and the bound's."""
-    if len(probes) < 2 * (WARMUP_CALLS + 1):
+    if len(probes) < 3 * (WARMUP_CALLS + 1):
         return []
     return asyncio.run(_breakdown(url, probes))
 
 
 async def _submissions(settings: Settings, simulator_url: str, count: int) -> list[str]:
-    clock = _StatementClock()
     http: list[float] = []
     totals: list[float] = []
     async with open_resources(settings) as resources:
-        clock.attach(resources.engine.sync_engine)
         create = resources.evolink.create_task
 
         async def timed_create(request: Any) -> Any:
@@ -221,18 +196,14 @@ async def _submissions(settings: Settings, simulator_url: str, count: int) -> li
         # [sim:hold]: the simulator keeps these processing, so no callback follows.
         body = TaskCreate(prompt="diagnosis [sim:hold]", image_urls=[EDIT_IMAGE])
         for index in range(count + WARMUP_CALLS):
-            clock.recording = False
             async with transaction(resources.sessions) as session:
                 task, _ = await create_task(session, POSTER, body, None)
             if index == WARMUP_CALLS:
-                clock.reset()
                 http.clear()
-            clock.recording = True
             started = time.perf_counter()
             await submit_task(resources, task.id)
             if index >= WARMUP_CALLS:
                 totals.append(time.perf_counter() - started)
-        clock.recording = False
         async with resources.sessions() as session:
             providers = (
                 await session.execute(
@@ -253,13 +224,13 @@ async def _submissions(settings: Settings, simulator_url: str, count: int) -> li
         "### Submission, one task at a time",
         "",
         f"`submit_task` (the body of the worker's submit job) for {len(totals)} queued tasks,"
-        " sequentially, in the harness's process; statements timed as above, the create call"
-        " as the client sees it.",
+        " sequentially, in the harness's process, the create call timed as the client sees it:",
         "",
-        *_statement_table(clock, len(totals)),
-        "",
-        f"- whole call: mean {_mean_ms(totals):.3f} ms; the create call (httpx client side)"
-        f" {_mean_ms(http):.3f} ms, of which the simulator's own handler {_mean_ms(own):.3f} ms",
+        f"- whole call: mean {_mean_ms(totals):.3f} ms",
+        f"- the create call (httpx client side): {_mean_ms(http):.3f} ms, of which the"
+        f" simulator's own handler {_mean_ms(own):.3f} ms",
+        f"- the rest — the claim and the record, one statement each on the direct pool, and"
+        f" the Python around them: {_mean_ms(totals) - _mean_ms(http):.3f} ms",
         "",
     ]
 

@@ -7,11 +7,12 @@ import uuid
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from psycopg import Error as DriverError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from app.callbacks.service import chosen_headers, record_callback
-from app.deps import ResourcesDep
 from app.errors import BadRequest, NotFound, PayloadTooLarge, ServiceUnavailable
+from app.resources import Resources
 from app.security import token_matches
 from app.tasks.lifecycle import EventOutcome
 
@@ -54,9 +55,9 @@ async def read_limited(request: Request, limit: int) -> tuple[bytes | None, int]
         503: {"description": "The delivery could not be recorded; retry."},
     },
 )
-async def receive_evolink_callback(
-    task_id: str, token: str, request: Request, resources: ResourcesDep
-) -> Response:
+async def receive_evolink_callback(task_id: str, token: str, request: Request) -> Response:
+    # The resources straight from the app, not through a dependency: this is the hot path.
+    resources: Resources = request.app.state.resources
     try:
         parsed_id = uuid.UUID(task_id)
     except ValueError:
@@ -68,12 +69,13 @@ async def receive_evolink_callback(
     try:
         outcome = await record_callback(
             resources.sessions,
+            resources.pool,
             parsed_id,
             body,
             headers,
             oversize_bytes=None if body is not None else size,
         )
-    except (OperationalError, InterfaceError, DBAPIError, OSError) as exc:
+    except (OperationalError, InterfaceError, DBAPIError, DriverError, OSError) as exc:
         logger.error("could not record a callback for task %s: %s", parsed_id, type(exc).__name__)
         raise ServiceUnavailable("The callback could not be recorded; retry.") from exc
     if outcome is None:

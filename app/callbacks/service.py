@@ -1,18 +1,28 @@
-"""Recording EvoLink's callbacks: every delivery becomes an event, at most one moves the task."""
+"""Recording EvoLink's callbacks: every delivery becomes an event, at most one moves the task.
+
+A terminal callback for a task in flight, and its duplicates, are written in one statement
+(app.tasks.direct); everything else — and those too when the direct pool is unavailable or
+the task is not in the state they assume — takes the careful path under a row lock.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from typing import Any
 
+from psycopg_pool import AsyncConnectionPool
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.db import transaction
+from app.db import DirectUnavailable, transaction
 from app.evolink.schemas import ProviderTask
+from app.tasks import direct
 from app.tasks.lifecycle import EventKind, EventOutcome
 from app.tasks.transitions import Verdict, apply_verdict, find_locked, observe
+
+logger = logging.getLogger("edithook.callbacks")
 
 # Request headers worth keeping with a callback; the rest say nothing about the delivery.
 KEPT_HEADERS = ("content-type", "content-length", "user-agent", "x-forwarded-for", "x-request-id")
@@ -42,6 +52,7 @@ def parse_body(body: bytes) -> ProviderTask | str:
 
 async def record_callback(
     sessions: async_sessionmaker[AsyncSession],
+    pool: AsyncConnectionPool | None,
     task_id: uuid.UUID,
     body: bytes | None,
     headers: dict[str, str],
@@ -53,12 +64,25 @@ async def record_callback(
 
     `body` is None when it was refused for its size (`oversize_bytes` says how large it was
     claimed or read to be); such a delivery and an unreadable one are recorded as rejected.
-    Returns once the event and any transition are committed.
+    With `pool`, a terminal callback first tries the one-statement path. Returns once the
+    event and any transition are committed.
     """
     parsed = (
         parse_body(body) if body is not None else f"body over the limit ({oversize_bytes} bytes)"
     )
     raw = body.decode("utf-8", errors="replace") if body is not None else None
+    if pool is not None and raw is not None and isinstance(parsed, ProviderTask):
+        try:
+            written = await direct.settle_by_callback(
+                pool, task_id, parsed, body=raw, headers=headers
+            )
+        except DirectUnavailable as exc:
+            logger.warning("callback for task %s takes the careful path: %s", task_id, exc)
+        else:
+            if not written.exists:
+                return None
+            if written.outcome is not None:
+                return written.outcome
     async with transaction(sessions) as session:
         task = await find_locked(session, task_id)
         if task is None:

@@ -11,17 +11,17 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import update
-from sqlalchemy.ext.asyncio import AsyncSession
+from psycopg_pool import AsyncConnectionPool
 
-from app.db import transaction
+from app.db import DirectUnavailable, fetch_one, transaction
 from app.evolink.client import EvoLinkError
 from app.evolink.schemas import CreateRequest
-from app.models import Task
 from app.resources import Resources
 from app.security import callback_path, callback_token
 from app.settings import Settings
+from app.tasks import direct
 from app.tasks.lifecycle import EventKind, EventOutcome, TaskStatus
 from app.tasks.transitions import Verdict, apply_verdict, fail, lock_task, observe
 
@@ -41,18 +41,30 @@ def backoff(attempt: int) -> float:
     return min(MAX_BACKOFF_SECONDS, float(2**attempt))
 
 
-async def claim(session: AsyncSession, task_id: uuid.UUID) -> Task | None:
-    """Move a queued task to `submitting`; None if it is not queued (someone else has it).
+# Move a queued task to `submitting`, or nothing if it is not queued (someone else has it):
+# the conditional update is what makes submission at-most-once across every worker.
+CLAIM = """
+UPDATE tasks SET status = %(submitting)s, updated_at = %(now)s
+WHERE id = %(task_id)s AND status = %(queued)s
+RETURNING request
+"""
 
-    The conditional update is what makes submission at-most-once across every worker.
-    """
-    result = await session.execute(
-        update(Task)
-        .where(Task.id == task_id, Task.status == TaskStatus.QUEUED.value)
-        .values(status=TaskStatus.SUBMITTING.value, updated_at=datetime.now(UTC))
-        .returning(Task)
-    )
-    return result.scalar_one_or_none()
+
+async def claim(pool: AsyncConnectionPool, task_id: uuid.UUID) -> dict[str, Any] | None:
+    """Claim a queued task for submission and return its stored request; None if it is not
+    queued. Raises DirectUnavailable when the pool cannot run it: the job is then retried,
+    and nothing was sent."""
+    params = {
+        "task_id": task_id,
+        "queued": TaskStatus.QUEUED.value,
+        "submitting": TaskStatus.SUBMITTING.value,
+        "now": datetime.now(UTC),
+    }
+    row = await fetch_one(pool, CLAIM, params)
+    if row is None:
+        return None
+    request: dict[str, Any] = row[0]
+    return request
 
 
 async def submit_task(
@@ -64,13 +76,12 @@ async def submit_task(
     nothing and attempts remain (the task is back in `queued` meanwhile); None otherwise.
     """
     settings = resources.settings
-    async with transaction(resources.sessions) as session:
-        task = await claim(session, task_id)
-        if task is None:
-            return None
-        request = CreateRequest.model_validate(
-            {**task.request, "callback_url": callback_url(settings, task_id)}
-        )
+    stored = await claim(resources.pool, task_id)
+    if stored is None:
+        return None
+    request = CreateRequest.model_validate(
+        {**stored, "callback_url": callback_url(settings, task_id)}
+    )
 
     try:
         created = await resources.evolink.create_task(request)
@@ -82,10 +93,19 @@ async def submit_task(
         await _record_failure(resources, task_id, exc)
         return None
 
+    body = created.model_dump_json()
+    try:
+        written = await direct.record_created(resources.pool, task_id, created, body=body)
+    except DirectUnavailable as exc:
+        logger.warning("recording the create of task %s through the engine: %s", task_id, exc)
+    else:
+        if written.outcome is not None:
+            return None
+    # A callback got there first, the answer is unusual, or the direct pool is unavailable.
     async with transaction(resources.sessions) as session:
         task = await lock_task(session, task_id)
         task.submitted_at = task.submitted_at or datetime.now(UTC)
-        await observe(session, task, created, EventKind.SUBMISSION, body=created.model_dump_json())
+        await observe(session, task, created, EventKind.SUBMISSION, body=body)
     return None
 
 

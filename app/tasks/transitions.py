@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
@@ -31,6 +31,17 @@ from app.tasks.lifecycle import (
 )
 
 
+class TaskState(Protocol):
+    """What `judge` reads of a task: a locked `Task` row, or a state assumed by app.tasks.direct."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def provider_task_id(self) -> str | None: ...
+    @property
+    def progress(self) -> int: ...
+
+
 @dataclass
 class Verdict:
     """What an observation does to a task; `apply_verdict` carries it out."""
@@ -42,7 +53,7 @@ class Verdict:
     result_urls: list[str] = field(default_factory=list)
 
 
-def judge(task: Task, observed: ProviderTask, source: EventKind) -> Verdict:
+def judge(task: TaskState, observed: ProviderTask, source: EventKind) -> Verdict:
     """Decide what `observed` means for `task`, without touching either."""
     error_code = observed.error.code_str if observed.error else None
     new = status_from_provider(observed.status, error_code)
