@@ -15,7 +15,11 @@ from app.resources import Resources
 _bearer = HTTPBearer(auto_error=False, description="A client key from EDITHOOK_API_KEYS.")
 
 
-def get_resources(request: Request) -> Resources:
+# The dependencies without I/O are still `async def`: FastAPI runs a plain `def` dependency
+# in a thread pool, which costs more than everything else some routes do.
+
+
+async def get_resources(request: Request) -> Resources:
     resources: Resources = request.app.state.resources
     return resources
 
@@ -34,7 +38,7 @@ async def get_session(resources: ResourcesDep) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
-def get_caller(
+async def get_caller(
     resources: ResourcesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:

@@ -55,10 +55,11 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
         redirect_slashes=False,
     )
     install_error_handlers(app)
+    # Callbacks first: routes are matched in order, and they are most of the traffic.
+    app.include_router(callbacks_router)
     app.include_router(tasks_router)
     app.include_router(results_router)
     app.include_router(metrics_router)
-    app.include_router(callbacks_router)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:
