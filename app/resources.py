@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -43,6 +44,17 @@ class Resources:
         return is_loopback_host(urlsplit(self.settings.evolink_base_url).hostname)
 
 
+def settle_heap() -> None:
+    """Exempt everything start-up created (modules, models, pools) from garbage collection.
+
+    A full collection otherwise walks those few hundred thousand long-lived objects every
+    time: tens of milliseconds with the event loop stopped, the p99 of every request
+    in flight. What the process allocates from now on is collected as usual.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 @asynccontextmanager
 async def open_resources(settings: Settings, *, listen: bool = False) -> AsyncIterator[Resources]:
     """Build the engine, job app, storage and HTTP clients for `settings`; close them on exit.
@@ -63,6 +75,7 @@ async def open_resources(settings: Settings, *, listen: bool = False) -> AsyncIt
         await job_app.open_async()
         if waiter is not None:
             await waiter.start()
+        settle_heap()
         yield Resources(
             settings=settings,
             engine=engine,
