@@ -29,6 +29,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from app.callbacks.service import chosen_headers
+from app.resources import settle_heap
 from app.security import token_matches
 
 CALLBACK_ROUTE = "/v1/callbacks/evolink/{task_id}/{token}"
@@ -69,14 +70,22 @@ SELECT prior.id, 'callback',
        %(provider_status)s, %(body)s, %(headers)s
 FROM prior
 LEFT JOIN moved ON true
-LEFT JOIN (SELECT count(*) AS effects FROM side_effects) AS done ON true
+-- An inner join: the planner drops a LEFT JOIN whose columns are unused, and with it the
+-- side effects (the copy job and the notification would then never happen).
+CROSS JOIN (SELECT count(*) AS effects FROM side_effects) AS done
 RETURNING outcome
 """
 
 
 def create_floor_app() -> FastAPI:
     """FastAPI answering 204 at the callback path, reading nothing, touching nothing."""
-    app = FastAPI()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        settle_heap()  # as edithook does once it has started
+        yield
+
+    app = FastAPI(lifespan=lifespan)
 
     @app.post(CALLBACK_ROUTE, status_code=204)
     async def floor(task_id: str, token: str) -> Response:
@@ -107,6 +116,7 @@ def create_bound_app(database_url: str, secret: str, pool_size: int = 10) -> Fas
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await pool.open(wait=True)
+        settle_heap()  # as edithook does once it has started
         try:
             yield
         finally:

@@ -134,6 +134,17 @@ def callback_outcomes(url: str, since: Any) -> dict[str, int]:
     return {str(outcome): int(count) for outcome, count in rows}
 
 
+def copy_jobs_deferred(url: str, since: Any) -> int:
+    """Result-copy jobs enqueued since `since` (procrastinate's own `deferred` events)."""
+    rows = fetch(
+        url,
+        "SELECT count(*) FROM procrastinate_events e JOIN procrastinate_jobs j ON j.id = e.job_id"
+        " WHERE e.type = 'deferred' AND e.at >= %(since)s AND j.task_name = 'store_results'",
+        {"since": since},
+    )
+    return int(rows[0][0])
+
+
 def settle_leftovers(url: str) -> dict[str, int]:
     """Leave no work behind the ingest runs for a worker to pick up later.
 

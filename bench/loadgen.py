@@ -78,6 +78,43 @@ class LoadResult:
     # Cores used over the measured window: each watched process, "postgres" (every local
     # postgres process), "load generator", and "machine" (all busy CPU time).
     cpu_cores: dict[str, float] = field(default_factory=dict)
+    # Every latency of the measured window, in nanoseconds, ascending (for `combine`).
+    latencies_ns: list[int] = field(default_factory=list, repr=False)
+
+
+def _fill_percentiles(result: LoadResult) -> LoadResult:
+    values = result.latencies_ns
+    if values:
+        result.p50_ms = percentile(values, 0.50) / 1e6
+        result.p90_ms = percentile(values, 0.90) / 1e6
+        result.p99_ms = percentile(values, 0.99) / 1e6
+        result.max_ms = values[-1] / 1e6
+    return result
+
+
+def combine(results: list[LoadResult]) -> LoadResult:
+    """Several runs against one server as one: counts and time added, percentiles of all
+    their latencies together, cores averaged over their measured time."""
+    seconds = sum(r.seconds for r in results)
+    statuses: Counter[str] = Counter()
+    for r in results:
+        statuses.update(r.statuses)
+    names = {name for r in results for name in r.cpu_cores}
+    combined = LoadResult(
+        count=sum(r.count for r in results),
+        seconds=seconds,
+        throughput=sum(r.count for r in results) / seconds if seconds else 0.0,
+        statuses=dict(sorted(statuses.items())),
+        errors=sum(r.errors for r in results),
+        sent=sum(r.sent for r in results),
+        exhausted=any(r.exhausted for r in results),
+        cpu_cores={
+            name: sum(r.cpu_cores.get(name, 0.0) * r.seconds for r in results) / seconds
+            for name in sorted(names)
+        },
+        latencies_ns=sorted(v for r in results for v in r.latencies_ns),
+    )
+    return _fill_percentiles(combined)
 
 
 def build_request(
@@ -259,22 +296,19 @@ async def generate(spec: Spec, requests: list[bytes]) -> LoadResult:
     if source.exhausted and totals["last_ns"]:
         end_ns = min(end_ns, totals["last_ns"])
     seconds = max(1e-9, (end_ns - window[0]) / 1e9)
-    result = LoadResult(
-        count=len(values),
-        seconds=seconds,
-        throughput=len(values) / seconds,
-        statuses={str(code): n for code, n in sorted(statuses.items())},
-        errors=totals["errors"],
-        sent=totals["sent"],
-        exhausted=source.exhausted,
-        cpu_cores=cores,
+    return _fill_percentiles(
+        LoadResult(
+            count=len(values),
+            seconds=seconds,
+            throughput=len(values) / seconds,
+            statuses={str(code): n for code, n in sorted(statuses.items())},
+            errors=totals["errors"],
+            sent=totals["sent"],
+            exhausted=source.exhausted,
+            cpu_cores=cores,
+            latencies_ns=values,
+        )
     )
-    if values:
-        result.p50_ms = percentile(values, 0.50) / 1e6
-        result.p90_ms = percentile(values, 0.90) / 1e6
-        result.p99_ms = percentile(values, 0.99) / 1e6
-        result.max_ms = values[-1] / 1e6
-    return result
 
 
 def run_load(
