@@ -54,29 +54,21 @@ def _label(statement: str) -> str:
 
 
 class _StatementClock:
-    """Times every statement an engine runs, and its commits, by label."""
+    """Times every statement an engine runs, by label."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, list[float]] = defaultdict(list)
         self._started: float = 0.0
-        self.commit_started: float | None = None
-        # Statements run while this is False are not recorded.
-        self.recording = True
 
     def attach(self, sync_engine: Any) -> None:
         event.listen(sync_engine, "before_cursor_execute", self._before)
         event.listen(sync_engine, "after_cursor_execute", self._after)
-        event.listen(sync_engine, "commit", self._commit)
 
     def _before(self, *_: Any) -> None:
         self._started = time.perf_counter()
 
     def _after(self, _conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if self.recording:
-            self.seconds[_label(statement)].append(time.perf_counter() - self._started)
-
-    def _commit(self, *_: Any) -> None:
-        self.commit_started = time.perf_counter()
+        self.seconds[_label(statement)].append(time.perf_counter() - self._started)
 
     def reset(self) -> None:
         self.seconds.clear()

@@ -79,9 +79,9 @@ async def record_callback(
         except DirectUnavailable as exc:
             logger.warning("callback for task %s takes the careful path: %s", task_id, exc)
         else:
-            if not written.exists:
+            if written is not None and not written.exists:
                 return None
-            if written.outcome is not None:
+            if written is not None and written.outcome is not None:
                 return written.outcome
     async with transaction(sessions) as session:
         task = await find_locked(session, task_id)

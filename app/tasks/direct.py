@@ -136,8 +136,8 @@ class Assumed:
 
 @dataclass(frozen=True)
 class Written:
-    """What `write_verdict` did: `outcome` None means it wrote nothing (take the careful
-    path); `exists` False means there is no such task."""
+    """What `write_verdict` did: `outcome` None means it wrote nothing, the task being in
+    another state (take the careful path); `exists` False means there is no such task."""
 
     exists: bool
     outcome: EventOutcome | None = None
@@ -196,16 +196,16 @@ async def settle_by_callback(
     *,
     body: str,
     headers: dict[str, str],
-) -> Written:
+) -> Written | None:
     """A terminal callback, written in one statement when the task is in flight with the
     provider id it names (applied) or already has its status (duplicate).
 
-    Any other message or state: `Written(exists=True)` without an outcome, nothing written.
+    None, with nothing asked of the database, for any other message.
     """
     assumed = Assumed(TaskStatus.PROCESSING.value, observed.id)
     verdict = judge(assumed, observed, EventKind.CALLBACK)
     if verdict.outcome != EventOutcome.APPLIED or verdict.to_status not in TERMINAL:
-        return Written(exists=True)
+        return None
     return await write_verdict(
         pool,
         task_id,
@@ -222,17 +222,17 @@ async def settle_by_callback(
 
 async def record_created(
     pool: AsyncConnectionPool, task_id: uuid.UUID, created: ProviderTask, *, body: str
-) -> Written:
+) -> Written | None:
     """A create's answer, written in one statement when the task is still `submitting`
     without a provider id (as the submission left it).
 
-    Anything else (a callback settled it first, an answer without an id): `Written(exists=True)`
-    without an outcome, nothing written.
+    None, with nothing asked of the database, for an answer it cannot apply (one without
+    an id); a written-nothing `Written` when a callback settled the task first.
     """
     assumed = Assumed(TaskStatus.SUBMITTING.value, None)
     verdict = judge(assumed, created, EventKind.SUBMISSION)
     if verdict.outcome != EventOutcome.APPLIED or verdict.to_status is None:
-        return Written(exists=True)
+        return None
     return await write_verdict(
         pool,
         task_id,

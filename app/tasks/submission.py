@@ -99,7 +99,7 @@ async def submit_task(
     except DirectUnavailable as exc:
         logger.warning("recording the create of task %s through the engine: %s", task_id, exc)
     else:
-        if written.outcome is not None:
+        if written is not None and written.outcome is not None:
             return None
     # A callback got there first, the answer is unusual, or the direct pool is unavailable.
     async with transaction(resources.sessions) as session:
