@@ -12,6 +12,9 @@ import httpx
 import pytest
 from PIL import Image
 
+from app.evolink.simulator import SimulatorConfig
+from app.evolink.simulator.state import Simulator
+
 if TYPE_CHECKING:
     from conftest import CallbackSink, Sim, SimFactory
 
@@ -417,3 +420,19 @@ async def test_integer_style_errors_carry_the_status_as_code(start_sim: SimFacto
     limited = (await sim.http.get("/v1/tasks/task-unified-1-abcdefgh")).json()["error"]
     assert (limited["code"], limited["type"]) == (429, "rate_limit_error")
     assert limited["fallback_suggestion"] == "retry after 60 seconds"
+
+
+@pytest.mark.timeout(10)
+async def test_stop_returns_when_a_task_has_just_finished() -> None:
+    """A background task that finished in this loop iteration is still in `_background` (the
+    done-callback that drops it has not run); stopping must yield to the loop, not spin."""
+    simulator = Simulator(SimulatorConfig())
+    await simulator.start()
+
+    async def quick() -> None:
+        return None
+
+    simulator._spawn(quick())
+    await asyncio.sleep(0)  # it runs and ends; the callback that forgets it is only queued
+    await simulator.stop()
+    assert not simulator._background

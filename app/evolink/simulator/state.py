@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
@@ -131,9 +130,11 @@ class Simulator:
             pending = list(self._background)
             for task in pending:
                 task.cancel()
-            for task in pending:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            # Not `await task` one by one: a task that is already done returns at once without
+            # yielding, so the callback that drops it from `_background` never ran and this
+            # loop spun forever, stopping the process's shutdown with a core at 100 %.
+            await asyncio.gather(*pending, return_exceptions=True)
+            self._background.difference_update(pending)
         if self.http is not None:
             await self.http.aclose()
             self.http = None
