@@ -44,7 +44,7 @@ def backoff(attempt: int) -> float:
 # Move a queued task to `submitting`, or nothing if it is not queued (someone else has it):
 # the conditional update is what makes submission at-most-once across every worker.
 CLAIM = """
-UPDATE tasks SET status = %(submitting)s, updated_at = %(now)s
+UPDATE tasks SET status = %(submitting)s, updated_at = now()
 WHERE id = %(task_id)s AND status = %(queued)s
 RETURNING request
 """
@@ -58,7 +58,6 @@ async def claim(pool: AsyncConnectionPool, task_id: uuid.UUID) -> dict[str, Any]
         "task_id": task_id,
         "queued": TaskStatus.QUEUED.value,
         "submitting": TaskStatus.SUBMITTING.value,
-        "now": datetime.now(UTC),
     }
     row = await fetch_one(pool, CLAIM, params)
     if row is None:

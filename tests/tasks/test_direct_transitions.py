@@ -35,7 +35,7 @@ from app.evolink.schemas import ProviderTask
 from app.models import Task
 from app.notify import TASK_CHANNEL
 from app.tasks import direct
-from app.tasks.lifecycle import EventKind, EventOutcome
+from app.tasks.lifecycle import EventKind, EventOutcome, TaskStatus
 from app.tasks.transitions import lock_task, observe
 
 PROVIDER_ID = "task-unified-1700000000-direct01"
@@ -381,3 +381,17 @@ async def test_an_exhausted_pool_says_unavailable_instead_of_waiting(db: Databas
         assert await fetch_one(small, "SELECT 1", {}) == (1,)
     finally:
         await small.close()
+
+
+def test_a_column_outside_the_whitelist_is_refused() -> None:
+    """Column names are interpolated into the SQL, so only known ones are accepted."""
+    with pytest.raises(ValueError, match=r"cannot change \['client', 'request'\]"):
+        direct.statement_for(
+            frozenset({"status", "client", "request"}), frozenset({TaskStatus.PROCESSING})
+        )
+    statement = direct.statement_for(
+        frozenset({"status", "progress", "submitted_at"}), frozenset({TaskStatus.PROCESSING})
+    )
+    assert "progress = GREATEST(t.progress, %(set_progress)s)" in statement
+    assert "status = %(set_status)s" in statement
+    assert "prior.status IN ('processing')" in statement
