@@ -7,6 +7,7 @@ as the answer is in), so they are service times, not queueing under load.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -184,7 +185,7 @@ def run_flows(stack: Stack, m: Measurements, count: int) -> None:
         for index in range(count):
             flows.append(_one_flow(api, index))
     with httpx.Client(base_url=stack.simulator_url, timeout=30) as sim:
-        create_times: dict[str, float] = sim.get("/_bench/create-times").json()
+        creates: dict[str, dict[str, float]] = sim.get("/_bench/create-times").json()
         completed: dict[str, float] = {}
         for flow in flows:
             record = sim.get(f"/_sim/tasks/{flow.provider_task_id}").json()
@@ -192,30 +193,50 @@ def run_flows(stack: Stack, m: Measurements, count: int) -> None:
     for flow in flows:
         m.stored_ms.append((flow.stored_at - completed[flow.task_id]) * 1000)
         m.served_ms.append((flow.served_at - completed[flow.task_id]) * 1000)
+    # Unix times on this machine's one clock: procrastinate's events are Postgres's now() at
+    # the start of the statement that wrote them; the submission event is clock_timestamp()
+    # when the statement recording the create's answer inserted it.
     jobs = database.fetch(
         stack.database_url,
         "SELECT j.args->>'task_id',"
-        " extract(epoch FROM max(e.at) FILTER (WHERE e.type = 'succeeded')"
-        "   - min(e.at) FILTER (WHERE e.type = 'started')),"
-        " extract(epoch FROM min(e.at) FILTER (WHERE e.type = 'started')"
-        "   - min(e.at) FILTER (WHERE e.type = 'deferred'))"
+        " extract(epoch FROM min(e.at) FILTER (WHERE e.type = 'deferred')),"
+        " extract(epoch FROM min(e.at) FILTER (WHERE e.type = 'started')),"
+        " extract(epoch FROM max(e.at) FILTER (WHERE e.type = 'succeeded')),"
+        " (SELECT extract(epoch FROM min(ev.created_at)) FROM task_events AS ev"
+        "   WHERE ev.task_id = (j.args->>'task_id')::uuid AND ev.kind = 'submission')"
         " FROM procrastinate_jobs AS j JOIN procrastinate_events AS e ON e.job_id = j.id"
         " WHERE j.task_name = 'submit_task' AND j.args->>'task_id' = ANY(%(ids)s)"
-        " GROUP BY 1",
+        " GROUP BY j.id",
         {"ids": [flow.task_id for flow in flows]},
     )
     provider_of = {flow.task_id: flow.provider_task_id for flow in flows}
     pickups: list[float] = []
-    for task_id, run_seconds, pickup_seconds in jobs:
-        sim_seconds = create_times.get(provider_of[task_id])
-        if run_seconds is None or sim_seconds is None:
+    for task_id, deferred, started, succeeded, recorded in jobs:
+        create = creates.get(provider_of[task_id])
+        if None in (started, succeeded, recorded) or create is None:
             continue
-        m.submit_overhead_ms.append((float(run_seconds) - sim_seconds) * 1000)
-        if pickup_seconds is not None:
-            pickups.append(float(pickup_seconds) * 1000)
-    sims = [create_times[flow.provider_task_id] * 1000 for flow in flows]
+        started, succeeded, recorded = float(started), float(succeeded), float(recorded)
+        m.submit_overhead_ms.append((succeeded - started - create["seconds"]) * 1000)
+        for phase, seconds in (
+            ("before", create["received"] - started),
+            ("after", recorded - create["answered"]),
+            ("record", succeeded - recorded),
+        ):
+            m.submit_phases_ms.setdefault(phase, []).append(seconds * 1000)
+        if deferred is not None:
+            pickups.append((started - float(deferred)) * 1000)
+    sims = [creates[flow.provider_task_id]["seconds"] * 1000 for flow in flows]
     m.notes.append(
         f"flows: {count} tasks created one at a time with the worker running;"
         f" simulator's own create time p50 {quantile(sims, 0.5):.2f} ms;"
         f" POST → submit job started (queue pick-up) p50 {quantile(pickups, 0.5):.2f} ms"
+    )
+    p50 = {name: quantile(values, 0.5) for name, values in m.submit_phases_ms.items()}
+    before, after, finish = (p50.get(name, math.nan) for name in ("before", "after", "record"))
+    m.notes.append(
+        "submit job phases, p50: from procrastinate's `started` to the create reaching the"
+        f" simulator (the job fetched, the claim, the request sent) {before:.2f} ms;"
+        " from the simulator's answer to the record's event insert (the answer read, parsed"
+        f" and judged) {after:.2f} ms; from there to procrastinate's `succeeded` (the"
+        f" record's commit, the job finished) {finish:.2f} ms"
     )

@@ -8,11 +8,13 @@ so they issue exactly the statements the service issues. They return markdown li
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import statistics
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -29,8 +31,10 @@ from app.tasks.service import create_task
 from app.tasks.submission import submit_task
 from bench.apps import BOUND_SQL
 from bench.ingest import USER_AGENT, callback_body
+from bench.loadgen import build_request, read_answer
 from bench.seed import Target
-from bench.stack import POSTER
+from bench.sim_server import CREATE_PATH
+from bench.stack import EVOLINK_KEY, POSTER
 
 WARMUP_CALLS = 10
 EDIT_IMAGE = "https://cdn.example.com/in/abc123.png"
@@ -211,7 +215,7 @@ async def _submissions(settings: Settings, simulator_url: str, count: int) -> li
             await session.execute(text("DELETE FROM procrastinate_jobs WHERE status = 'todo'"))
     async with httpx.AsyncClient(base_url=simulator_url) as sim:
         sim_times = (await sim.get("/_bench/create-times")).json()
-    own = [sim_times[pid] for pid in provider_ids if pid in sim_times]
+    own = [sim_times[pid]["seconds"] for pid in provider_ids if pid in sim_times]
     return [
         "### Submission, one task at a time",
         "",
@@ -234,3 +238,85 @@ def submission_breakdown(env: dict[str, str], simulator_url: str, count: int = 5
     }
     settings = Settings(**values)  # type: ignore[arg-type]
     return asyncio.run(_submissions(settings, simulator_url, count))
+
+
+IDLE_SECONDS = 0.02
+ROUND_TRIP_SAMPLES = 60
+
+
+async def _time_probe(probe: Callable[[], Awaitable[Any]], idle: float) -> float:
+    """The median seconds of `probe`, each call after `idle` seconds of doing nothing."""
+    for _ in range(WARMUP_CALLS):
+        await probe()
+    seconds: list[float] = []
+    for _ in range(ROUND_TRIP_SAMPLES):
+        if idle:
+            await asyncio.sleep(idle)
+        started = time.perf_counter()
+        await probe()
+        seconds.append(time.perf_counter() - started)
+    return statistics.median(seconds)
+
+
+async def _round_trips(url: str, simulator_url: str) -> list[str]:
+    body = json.dumps(
+        {
+            "model": "qwen-image-edit-plus",
+            "prompt": "round trip [sim:hold]",
+            "image_urls": [EDIT_IMAGE],
+            "callback_url": "https://callbacks.example.com/none",
+        }
+    ).encode()
+    headers = {"Authorization": f"Bearer {EVOLINK_KEY}", "Content-Type": "application/json"}
+    host = simulator_url.removeprefix("http://")
+    raw_request = build_request("POST", CREATE_PATH, host, headers, body)
+    address, _, port = host.partition(":")
+    reader, writer = await asyncio.open_connection(address, int(port))
+
+    async def raw_create() -> None:
+        writer.write(raw_request)
+        status, _ = await read_answer(reader)
+        assert status == 200, status
+
+    async with (
+        await psycopg.AsyncConnection.connect(url, autocommit=True) as conn,
+        httpx.AsyncClient(base_url=simulator_url) as http,
+    ):
+
+        async def httpx_create() -> None:
+            (await http.post(CREATE_PATH, content=body, headers=headers)).raise_for_status()
+
+        await conn.execute("CREATE TABLE bench_round_trip (id int PRIMARY KEY, n int NOT NULL)")
+        await conn.execute("INSERT INTO bench_round_trip VALUES (1, 0)")
+        probes: dict[str, Callable[[], Awaitable[Any]]] = {
+            "`SELECT 1` (psycopg, autocommit)": lambda: conn.execute("SELECT 1"),
+            "a one-row UPDATE, committed": lambda: conn.execute(
+                "UPDATE bench_round_trip SET n = n + 1 WHERE id = 1"
+            ),
+            "the simulator's create, raw HTTP/1.1": raw_create,
+            "the simulator's create, httpx": httpx_create,
+        }
+        lines = [
+            "### Round trips on this machine",
+            "",
+            "The same exchange back to back, and after the process and its peer idled"
+            f" {IDLE_SECONDS * 1000:g} ms (as a submit job's are: jobs arrive one at a time);"
+            f" medians of {ROUND_TRIP_SAMPLES}:",
+            "",
+            "| exchange | back to back ms | after idling ms |",
+            "|---|---:|---:|",
+        ]
+        try:
+            for name, probe in probes.items():
+                hot = await _time_probe(probe, 0.0)
+                cold = await _time_probe(probe, IDLE_SECONDS)
+                lines.append(f"| {name} | {hot * 1000:.3f} | {cold * 1000:.3f} |")
+        finally:
+            writer.close()
+            await conn.execute("DROP TABLE bench_round_trip")
+    return [*lines, ""]
+
+
+def round_trips(url: str, simulator_url: str) -> list[str]:
+    """Markdown: what one exchange with Postgres or the simulator costs, warm and after idling."""
+    return asyncio.run(_round_trips(url, simulator_url))

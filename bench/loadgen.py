@@ -185,7 +185,7 @@ class _Malformed(Exception):
     pass
 
 
-async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, bool]:
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, bool]:
     """Read one response; its status, and whether the server will close the connection."""
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
@@ -237,7 +237,7 @@ async def _connection(
             writer.write(request)
             totals["sent"] += 1
             try:
-                status, closing = await _read_answer(reader)
+                status, closing = await read_answer(reader)
             except (OSError, asyncio.IncompleteReadError, _Malformed, ValueError):
                 totals["errors"] += 1
                 writer.close()

@@ -46,6 +46,8 @@ class Measurements:
     deep_cursors: dict[int, str] = field(default_factory=dict)
     post: LoadResult | None = None
     submit_overhead_ms: list[float] = field(default_factory=list)
+    # "before" | "after" | "record" → ms of each worker submit job spent in that phase
+    submit_phases_ms: dict[str, list[float]] = field(default_factory=dict)
     stored_ms: list[float] = field(default_factory=list)
     served_ms: list[float] = field(default_factory=list)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)

@@ -163,6 +163,7 @@ def run(options: Options, stack: Stack, m: Measurements) -> None:
     stack.stop_worker()
     _step("submission, statement by statement")
     m.diagnostics += diagnose.submission_breakdown(stack.service_env(), stack.simulator_url)
+    m.diagnostics += diagnose.round_trips(url, stack.simulator_url)
 
     if options.big_tasks:
         extra = options.big_tasks - options.tasks

@@ -5,8 +5,10 @@ processing at once and completes after `PROCESSING_SECONDS`; callbacks keep the 
 real retry schedule. It also records how long the simulator itself spent on each
 `POST /v1/images/generations` (from the request reaching the app to the last byte of the
 answer leaving it), keyed by the provider task id it created, and serves them at
-`GET /_bench/create-times` as `{provider_task_id: seconds}` — the part of a worker's submit
-job that is the provider's own time.
+`GET /_bench/create-times` as `{provider_task_id: {"seconds": …, "received": …,
+"answered": …}}`: the part of a worker's submit job that is the provider's own time, and
+when (Unix time, this machine's clock) the request arrived and the answer left, so the
+harness can tell the job's time before the create from its time after.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class CreateTimer:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.times: dict[str, float] = {}
+        self.times: dict[str, dict[str, float]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,6 +57,7 @@ class CreateTimer:
         if scope["method"] != "POST" or scope["path"] != CREATE_PATH:
             await self.app(scope, receive, send)
             return
+        received = time.time()
         started = time.perf_counter()
         chunks: list[bytes] = []
 
@@ -62,18 +65,23 @@ class CreateTimer:
             if message["type"] == "http.response.body":
                 chunks.append(message.get("body", b""))
                 if not message.get("more_body", False):
-                    self._record(b"".join(chunks), time.perf_counter() - started)
+                    seconds = time.perf_counter() - started
+                    self._record(b"".join(chunks), seconds, received)
             await send(message)
 
         await self.app(scope, receive, timed_send)
 
-    def _record(self, body: bytes, seconds: float) -> None:
+    def _record(self, body: bytes, seconds: float, received: float) -> None:
         try:
             task_id = json.loads(body).get("id")
         except (ValueError, AttributeError):
             return
         if isinstance(task_id, str):
-            self.times[task_id] = seconds
+            self.times[task_id] = {
+                "seconds": seconds,
+                "received": received,
+                "answered": received + seconds,
+            }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -68,3 +68,11 @@ def test_smoke_run_measures_every_metric(tmp_path: Path) -> None:
         for name in found:
             assert rows[name] not in ("not run", "—"), f"{name} has no value"
             assert name in result.stdout, f"{name} is not in the printed table"
+    report = out.read_text()
+    phases = next(line for line in report.splitlines() if "submit job phases, p50:" in line)
+    assert "nan" not in phases, phases
+    trips = report.split("### Round trips on this machine", 1)[1].split("\n\n")[2]
+    timed = [line for line in trips.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(timed) == 5, trips  # the header and four exchanges
+    for line in timed[1:]:
+        assert all(float(cell) > 0 for cell in line.strip("| ").split(" | ")[1:]), line
