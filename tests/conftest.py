@@ -25,7 +25,7 @@ from app.resources import Resources
 from app.servers import RunningServer, bind, socket_url, start_server
 from app.settings import Settings
 from app.worker import run_worker
-from helpers import ALPHA_KEY, BETA_KEY, CALLBACK_SECRET, migrated_database
+from helpers import ALPHA_KEY, BETA_KEY, make_settings, migrated_database
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -115,22 +115,6 @@ class Service:
     def resources(self) -> Resources:
         resources: Resources = self.app.state.resources
         return resources
-
-
-def make_settings(
-    database_url: str, provider_url: str, public_url: str, **extra: object
-) -> Settings:
-    return Settings(
-        environment="development",
-        database_url=database_url,
-        evolink_base_url=provider_url,
-        evolink_api_key="sk-test-key",  # type: ignore[arg-type]
-        public_base_url=public_url,
-        callback_secret=CALLBACK_SECRET,  # type: ignore[arg-type]
-        api_keys=f"alpha:{ALPHA_KEY},beta:{BETA_KEY}",  # type: ignore[arg-type]
-        submit_attempts=4,
-        **extra,  # type: ignore[arg-type]
-    )
 
 
 @pytest.fixture(scope="session")

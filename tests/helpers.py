@@ -14,6 +14,7 @@ import httpx
 import psycopg
 
 from app.migrate import upgrade
+from app.settings import Settings
 
 ALPHA_KEY = "alpha-key-0123456789"
 BETA_KEY = "beta-key-0123456789"
@@ -73,3 +74,19 @@ def migrated_database(admin_url: str, prefix: str) -> Iterator[str]:
     finally:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def make_settings(
+    database_url: str, provider_url: str, public_url: str, **extra: object
+) -> Settings:
+    return Settings(
+        environment="development",
+        database_url=database_url,
+        evolink_base_url=provider_url,
+        evolink_api_key="sk-test-key",  # type: ignore[arg-type]
+        public_base_url=public_url,
+        callback_secret=CALLBACK_SECRET,  # type: ignore[arg-type]
+        api_keys=f"alpha:{ALPHA_KEY},beta:{BETA_KEY}",  # type: ignore[arg-type]
+        submit_attempts=4,
+        **extra,  # type: ignore[arg-type]
+    )
