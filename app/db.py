@@ -95,17 +95,29 @@ class DirectUnavailable(Exception):
     """The direct pool could not run the statement; the caller takes the engine's path."""
 
 
+async def _plan_once(connection: psycopg.AsyncConnection[Any]) -> None:
+    """Plan each direct statement once per connection, not on every execution."""
+    await connection.execute("SET plan_cache_mode = force_generic_plan")
+
+
 def create_pool(url: str, *, pool_size: int = 10) -> AsyncConnectionPool:
     """The direct pool for `url` (a postgresql:// URL): autocommit, opened by `open()`.
 
     Sized like the engine: `pool_size` connections kept, as many again at peak. Concurrent
     commits share their WAL flush, so a burst of callbacks needs the connections.
+
+    Its few statements are prepared on their first execution and planned once per
+    connection: planning the callback statement costs more than running it (0.3 ms against
+    0.07 ms), and with psycopg's and Postgres's defaults a connection plans each statement
+    on its first ten executions, which is every execution for a worker handling a job at a
+    time across its pool. Their plans are key lookups, the same for every parameter.
     """
     return AsyncConnectionPool(
         url,
         min_size=pool_size,
         max_size=2 * pool_size,
-        kwargs={"autocommit": True},
+        kwargs={"autocommit": True, "prepare_threshold": 0},
+        configure=_plan_once,
         timeout=DIRECT_CHECKOUT_SECONDS,
         max_lifetime=1800,
         open=False,

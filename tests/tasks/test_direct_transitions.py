@@ -36,6 +36,7 @@ from app.models import Task
 from app.notify import TASK_CHANNEL
 from app.tasks import direct
 from app.tasks.lifecycle import EventKind, EventOutcome, TaskStatus
+from app.tasks.submission import CLAIM
 from app.tasks.transitions import lock_task, observe
 
 PROVIDER_ID = "task-unified-1700000000-direct01"
@@ -395,3 +396,18 @@ def test_a_column_outside_the_whitelist_is_refused() -> None:
     assert "progress = GREATEST(t.progress, %(set_progress)s)" in statement
     assert "status = %(set_status)s" in statement
     assert "prior.status IN ('processing')" in statement
+
+
+async def test_the_direct_pool_plans_each_statement_once(db: Database) -> None:
+    """A pooled connection prepares the claim on its first execution and reuses one generic
+    plan: planning the statements costs more than running them."""
+    params = {"task_id": uuid.uuid4(), "queued": "queued", "submitting": "submitting"}
+    async with db.pool.connection() as connection:
+        for _ in range(3):
+            await connection.execute(CLAIM, params)
+        cursor = await connection.execute(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+            " WHERE strpos(statement, %(claim)s) > 0",
+            {"claim": "UPDATE tasks SET status = $"},
+        )
+        assert await cursor.fetchall() == [(3, 0)]
