@@ -46,6 +46,8 @@ class IngestPlan:
     concurrency: int
     duration: float
     warmup: float
+    # Times the bound, edithook, edithook, bound sequence runs; each run lasts duration / 2.
+    rounds: int = 1
 
 
 def callback_body(target: Target) -> bytes:
@@ -130,18 +132,18 @@ def run_ingest(
     measurements.notes.append(f"ingest floor: {describe(measurements.ingest['floor'])}")
     stack.stop(floor)
 
-    # Bound, edithook, edithook, bound: each receiver measured twice for half the time, in
-    # an order that cancels a drift of the machine's speed (a shared VM's neighbours, the
-    # tables' growth) instead of handing it to whichever runs second.
-    halves = {
-        "bound": _halves(bound_stream),
-        "edithook": _halves(service_stream),
+    # Bound, edithook, edithook, bound, `rounds` times: each receiver measured in runs of half
+    # the duration, in an order that cancels a drift of the machine's speed (a shared VM's
+    # neighbours, the tables' growth) instead of handing it to whichever runs second.
+    parts = {
+        "bound": _parts(bound_stream, 2 * plan.rounds),
+        "edithook": _parts(service_stream, 2 * plan.rounds),
     }
     half = IngestPlan(plan.concurrency, plan.duration / 2, plan.warmup)
     runs: dict[str, list[LoadResult]] = {"bound": [], "edithook": []}
     outcomes: dict[str, Counter[str]] = {"bound": Counter(), "edithook": Counter()}
     copy_jobs: Counter[str] = Counter()
-    for name in ("bound", "edithook", "edithook", "bound"):
+    for name in ("bound", "edithook", "edithook", "bound") * plan.rounds:
         child = stack.start_app("bound") if name == "bound" else stack.api
         assert child is not None
         # Each run starts from the same state: the previous one's dead rows vacuumed, its
@@ -149,7 +151,7 @@ def run_ingest(
         database.vacuum_analyze(url, "tasks", "task_results", "task_events", "procrastinate_jobs")
         database.checkpoint(url)
         since = database.fetch(url, "SELECT clock_timestamp()")[0][0]
-        stream = halves[name][len(runs[name])]
+        stream = parts[name][len(runs[name])]
         requests = callback_requests(stream, f"127.0.0.1:{child.port}")
         runs[name].append(_run(stack, child, requests, half, "once"))
         outcomes[name].update(database.callback_outcomes(url, since))
@@ -170,14 +172,15 @@ def run_ingest(
         measurements.ingest[name] = result
         total = sum(outcomes[name].values())
         share = outcomes[name]["duplicate"] / total if total else 0.0
-        rounds = " and ".join(f"{r.throughput:,.0f}" for r in runs[name])
+        rates = ", ".join(f"{r.throughput:,.0f}" for r in runs[name])
         measurements.notes.append(
-            f"ingest {name}: {describe(result)}; req/s in its two runs {rounds};"
+            f"ingest {name}: {describe(result)}; req/s in its {len(runs[name])} runs {rates};"
             f" recorded callbacks by outcome {dict(outcomes[name])} ({share:.1%} duplicates),"
             f" copy jobs enqueued {copy_jobs[name]:,}"
         )
 
 
-def _halves(stream: list[Target]) -> tuple[list[Target], list[Target]]:
-    middle = len(stream) // 2
-    return stream[:middle], stream[middle:]
+def _parts(stream: list[Target], count: int) -> list[list[Target]]:
+    """`stream` cut into `count` consecutive parts of equal length (the last takes the rest)."""
+    size = len(stream) // count
+    return [stream[i * size : (i + 1) * size if i < count - 1 else None] for i in range(count)]

@@ -51,6 +51,7 @@ class Options:
     duration: float
     warmup: float
     concurrency: int
+    ingest_rounds: int
     deep_pages: int
     flows: int
     smoke: bool
@@ -74,6 +75,12 @@ def parse_args(argv: list[str] | None) -> Options:
     )
     parser.add_argument("--concurrency", type=int, default=32, help="connections for ingest")
     parser.add_argument(
+        "--ingest-rounds",
+        type=int,
+        default=2,
+        help="times ingest runs bound, edithook, edithook, bound (each run duration / 2)",
+    )
+    parser.add_argument(
         "--deep-pages", type=int, default=100, help="cursors followed from mid-history (100 each)"
     )
     parser.add_argument("--flows", type=int, default=30, help="tasks run to completion")
@@ -86,7 +93,7 @@ def parse_args(argv: list[str] | None) -> Options:
     args = parser.parse_args(argv)
     if args.smoke:
         args.tasks, args.big_tasks, args.duration = 2_000, 5_000, 1.0
-        args.deep_pages, args.flows = 3, 3
+        args.deep_pages, args.flows, args.ingest_rounds = 3, 3, 1
     big = None if args.skip_big or args.big_tasks <= args.tasks else args.big_tasks
     default_out = RESULTS_DIR / ("smoke.md" if args.smoke else "latest.md")
     return Options(
@@ -95,6 +102,7 @@ def parse_args(argv: list[str] | None) -> Options:
         duration=args.duration,
         warmup=args.warmup if args.warmup is not None else min(2.0, args.duration / 5),
         concurrency=args.concurrency,
+        ingest_rounds=args.ingest_rounds,
         deep_pages=args.deep_pages,
         flows=args.flows,
         smoke=args.smoke,
@@ -143,7 +151,7 @@ def run(options: Options, stack: Stack, m: Measurements) -> None:
     stack.start_api()
 
     _step("callback ingest: floor, bound, edithook")
-    plan = IngestPlan(options.concurrency, options.duration, options.warmup)
+    plan = IngestPlan(options.concurrency, options.duration, options.warmup, options.ingest_rounds)
     order = random.Random(7)  # noqa: S311 - a reproducible order, not a secret
     run_ingest(stack, m, service_targets, bound_targets, plan, order)
     _step("callback path, statement by statement")
@@ -194,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{short_count(options.tasks)} / "
                 f"{short_count(options.big_tasks) if options.big_tasks else '—'} tasks,"
                 f" {options.duration:g} s per phase after {options.warmup:g} s warm-up,"
-                f" {options.concurrency} connections for ingest,"
+                f" {options.concurrency} connections for ingest in {options.ingest_rounds}"
+                f" round{'s' if options.ingest_rounds > 1 else ''},"
                 f" EDITHOOK_LOG_LEVEL={options.log_level}"
             )
             stack = Stack(url, run_dir, log_level=options.log_level)
