@@ -219,7 +219,7 @@ def run_flows(stack: Stack, m: Measurements, count: int) -> None:
         m.submit_overhead_ms.append((succeeded - started - create["seconds"]) * 1000)
         for phase, seconds in (
             ("before", create["received"] - started),
-            ("after", recorded - create["answered"]),
+            ("after", recorded - create["received"] - create["seconds"]),
             ("record", succeeded - recorded),
         ):
             m.submit_phases_ms.setdefault(phase, []).append(seconds * 1000)

@@ -271,7 +271,6 @@ async def _round_trips(url: str, simulator_url: str) -> list[str]:
     host = simulator_url.removeprefix("http://")
     raw_request = build_request("POST", CREATE_PATH, host, headers, body)
     address, _, port = host.partition(":")
-    reader, writer = await asyncio.open_connection(address, int(port))
 
     async def raw_create() -> None:
         writer.write(raw_request)
@@ -286,16 +285,7 @@ async def _round_trips(url: str, simulator_url: str) -> list[str]:
         async def httpx_create() -> None:
             (await http.post(CREATE_PATH, content=body, headers=headers)).raise_for_status()
 
-        await conn.execute("CREATE TABLE bench_round_trip (id int PRIMARY KEY, n int NOT NULL)")
-        await conn.execute("INSERT INTO bench_round_trip VALUES (1, 0)")
-        probes: dict[str, Callable[[], Awaitable[Any]]] = {
-            "`SELECT 1` (psycopg, autocommit)": lambda: conn.execute("SELECT 1"),
-            "a one-row UPDATE, committed": lambda: conn.execute(
-                "UPDATE bench_round_trip SET n = n + 1 WHERE id = 1"
-            ),
-            "the simulator's create, raw HTTP/1.1": raw_create,
-            "the simulator's create, httpx": httpx_create,
-        }
+        reader, writer = await asyncio.open_connection(address, int(port))
         lines = [
             "### Round trips on this machine",
             "",
@@ -307,13 +297,23 @@ async def _round_trips(url: str, simulator_url: str) -> list[str]:
             "|---|---:|---:|",
         ]
         try:
+            await conn.execute("CREATE TABLE bench_round_trip (id int PRIMARY KEY, n int NOT NULL)")
+            await conn.execute("INSERT INTO bench_round_trip VALUES (1, 0)")
+            probes: dict[str, Callable[[], Awaitable[Any]]] = {
+                "`SELECT 1` (psycopg, autocommit)": lambda: conn.execute("SELECT 1"),
+                "a one-row UPDATE, committed": lambda: conn.execute(
+                    "UPDATE bench_round_trip SET n = n + 1 WHERE id = 1"
+                ),
+                "the simulator's create, raw HTTP/1.1": raw_create,
+                "the simulator's create, httpx": httpx_create,
+            }
             for name, probe in probes.items():
                 hot = await _time_probe(probe, 0.0)
                 cold = await _time_probe(probe, IDLE_SECONDS)
                 lines.append(f"| {name} | {hot * 1000:.3f} | {cold * 1000:.3f} |")
         finally:
             writer.close()
-            await conn.execute("DROP TABLE bench_round_trip")
+            await conn.execute("DROP TABLE IF EXISTS bench_round_trip")
     return [*lines, ""]
 
 

@@ -5,10 +5,10 @@ processing at once and completes after `PROCESSING_SECONDS`; callbacks keep the 
 real retry schedule. It also records how long the simulator itself spent on each
 `POST /v1/images/generations` (from the request reaching the app to the last byte of the
 answer leaving it), keyed by the provider task id it created, and serves them at
-`GET /_bench/create-times` as `{provider_task_id: {"seconds": …, "received": …,
-"answered": …}}`: the part of a worker's submit job that is the provider's own time, and
-when (Unix time, this machine's clock) the request arrived and the answer left, so the
-harness can tell the job's time before the create from its time after.
+`GET /_bench/create-times` as `{provider_task_id: {"seconds": …, "received": …}}`: the part
+of a worker's submit job that is the provider's own time, and when (Unix time, this
+machine's clock) the request arrived, so the harness can tell the job's time before the
+create from its time after.
 """
 
 from __future__ import annotations
@@ -77,11 +77,7 @@ class CreateTimer:
         except (ValueError, AttributeError):
             return
         if isinstance(task_id, str):
-            self.times[task_id] = {
-                "seconds": seconds,
-                "received": received,
-                "answered": received + seconds,
-            }
+            self.times[task_id] = {"seconds": seconds, "received": received}
 
 
 def main(argv: list[str] | None = None) -> int:
