@@ -75,7 +75,7 @@ _LABEL: Final = re.compile(r"[a-z0-9_-]{1,63}")
 # WHATWG's "ends in a number": such a host is an IPv4 address or nothing.
 _NUMBER_LABEL: Final = re.compile(r"[0-9]+|0x[0-9a-f]*")
 # One inet_aton part: hex, octal or decimal; leading zeros are dropped so a long run of
-# them cannot make a huge number, and the digit counts cap the value below 2**40.
+# them cannot make a huge number, and the digit counts keep every value below 2**34.
 _IPV4_PART: Final = re.compile(r"0x0*([0-9a-f]{1,8})|0+([0-7]{0,11})|([1-9][0-9]{0,9})")
 _FORBIDDEN_IN_URL: Final = re.compile(r"[\x00-\x20\x7f-\x9f\\\s]")
 _SURROGATE: Final = re.compile(r"[\ud800-\udfff]")
