@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -131,14 +130,15 @@ async def test_a_failing_statement_is_logged_without_the_requests_content(
     assert MARKER not in proc.log.read_text()
 
 
-async def test_serve_logs_json_lines_with_the_request_id_client_and_task(
-    db: str, stack: StackFactory, simulator_with: Any, launcher: Launcher, tmp_path: Path
+async def test_serve_and_worker_log_json_lines_with_the_request_id_client_and_task(
+    db: str, stack: StackFactory, simulator_with: Any, launcher: Launcher
 ) -> None:
     """Each line is one JSON object; a task request's lines carry its request id, client and
-    task id; the caller's X-Request-ID is kept and one is made when it sends none."""
+    task id, a job's lines its task id; the caller's X-Request-ID is kept, or one is made."""
     sim = await simulator_with()
     deployment = stack(sim.url)
-    proc = await deployment.serve()
+    serve = await deployment.serve()
+    worker = await deployment.worker()
     mine = uuid.uuid4().hex
     async with deployment.api() as api:
         created = await api.post("/v1/tasks", json=VALID_EDIT, headers={"X-Request-ID": mine})
@@ -151,12 +151,14 @@ async def test_serve_logs_json_lines_with_the_request_id_client_and_task(
         assert made != mine
     async with httpx.AsyncClient(base_url=deployment.public_url) as anonymous:
         assert (await anonymous.get("/healthz")).headers["x-request-id"]
+    await deployment.wait_for_status(task_id, {"completed"})
     await launcher.stop_all()
 
     for request_id in (mine, made):
-        lines = lines_of(proc, request_id)
+        lines = lines_of(serve, request_id)
         assert lines, request_id
         for line in lines:
             assert line.keys() >= LOG_FIELDS, line
             assert line["client"] == "alpha", line
             assert line["task_id"] == task_id, line
+    assert any(line.get("task_id") == task_id for line in log_lines(worker))
