@@ -60,7 +60,10 @@ def formatter(log_format: LogFormat) -> logging.Formatter:
         _add_request_id,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True, key="time"),
+        # JSON's `time` is ISO 8601 in UTC; the text renderer leads with `timestamp`.
+        structlog.processors.TimeStamper(
+            fmt="iso", utc=True, key="time" if log_format == "json" else "timestamp"
+        ),
     ]
     final: list[Processor]
     if log_format == "json":
