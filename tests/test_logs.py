@@ -7,8 +7,12 @@ import json
 import logging
 from collections.abc import Callable
 
+import pytest
 import structlog
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
+from app.db import create_engine
 from app.logs import LogFormat, RedactTokens, formatter, redact
 
 PATH = "/v1/callbacks/evolink/6f1c5a34-0000-4000-8000-000000000001/s3cr3t-T0ken_x"
@@ -96,3 +100,17 @@ def test_text_lines_are_for_people_and_redacted_too() -> None:
     assert "edithook.test.text" in line
     assert "/[redacted]" in line
     assert "s3cr3t" not in line
+
+
+async def test_a_failed_statements_error_text_leaves_out_its_parameters(database_url: str) -> None:
+    """An engine error, as a job's failure logs it whole, names no parameter of the statement."""
+    marker = "marker-prompt-9d3e"
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            with pytest.raises(DBAPIError) as caught:
+                await connection.execute(text("SELECT CAST(:p AS text), 1 / 0"), {"p": marker})
+    finally:
+        await engine.dispose()
+    assert "division by zero" in str(caught.value)
+    assert marker not in str(caught.value)
