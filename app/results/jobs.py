@@ -6,6 +6,7 @@ import uuid
 from datetime import timedelta
 
 import procrastinate
+import structlog
 
 from app import jobs
 from app.jobs import JobRetry, RetryLater, resources_of
@@ -13,6 +14,7 @@ from app.results.service import store_task_results
 
 
 async def store_results_job(context: procrastinate.JobContext, task_id: str) -> None:
+    structlog.contextvars.bind_contextvars(task_id=task_id)
     resources = resources_of(context)
     settings = resources.settings
     report = await store_task_results(
