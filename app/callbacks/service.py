@@ -7,17 +7,18 @@ the task is not in the state they assume — takes the careful path under a row 
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 from pydantic import ValidationError
+from pydantic_core import from_json
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.callbacks.bodies import stored_body
 from app.db import DirectUnavailable, transaction
-from app.evolink.schemas import ProviderTask
+from app.evolink.schemas import ProviderTask, storable_text
 from app.tasks import direct
 from app.tasks.lifecycle import EventKind, EventOutcome
 from app.tasks.transitions import Verdict, apply_verdict, find_locked, observe
@@ -36,18 +37,24 @@ def chosen_headers(headers: Any, client_host: str | None) -> dict[str, str]:
 
 
 def parse_body(body: bytes) -> ProviderTask | str:
-    """The task object a callback carries, or the reason it cannot be read."""
+    """The task object a callback carries, or the reason it cannot be read.
+
+    The parser is strict and bounded, so that no body costs more than reading it: nesting
+    deeper than 200, integers longer than 4,300 digits (Python's own limit), NaN and
+    Infinity (not JSON) and unpaired surrogates (not Unicode) are refused. A NUL or an
+    overflowing number in a valid body is made storable by ProviderTask instead.
+    """
     try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return f"body is not JSON: {exc}"
+        document = from_json(body, allow_inf_nan=False)
+    except ValueError as exc:
+        return storable_text(f"body is not JSON: {exc}")
     if not isinstance(document, dict):
         return "body is not a JSON object"
     try:
         return ProviderTask.model_validate(document)
     except ValidationError as exc:
         fields = ", ".join(".".join(map(str, e["loc"])) or "body" for e in exc.errors())
-        return f"body is not a task object (bad or missing: {fields})"
+        return storable_text(f"body is not a task object (bad or missing: {fields})")
 
 
 async def record_callback(
@@ -70,7 +77,7 @@ async def record_callback(
     parsed = (
         parse_body(body) if body is not None else f"body over the limit ({oversize_bytes} bytes)"
     )
-    raw = body.decode("utf-8", errors="replace") if body is not None else None
+    raw = stored_body(body) if body is not None else None
     if pool is not None and raw is not None and isinstance(parsed, ProviderTask):
         try:
             written = await direct.settle_by_callback(

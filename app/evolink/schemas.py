@@ -4,14 +4,19 @@ Parsing is lenient on purpose: the provider's documented shapes have changed ove
 (string versus integer error codes, new and dropped fields), so unknown fields are ignored,
 every optional field may be missing, and `status` stays a plain string so that a status we
 have never seen still parses and can be judged by the caller.
+
+What the provider says is stored, so every string and JSON value kept from it is made
+storable as it is read: NUL and unpaired surrogates (which Postgres refuses in text and
+JSONB) become U+FFFD, and non-finite numbers (which JSONB refuses) become null.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
 
 MODEL_NAME: Final = "qwen-image-edit-plus"
 
@@ -35,6 +40,28 @@ TERMINAL_STATUSES: Final = (STATUS_COMPLETED, STATUS_FAILED, STATUS_CANCELLED)
 ERROR_REQUEST_CANCELLED: Final = "request_cancelled"
 
 
+# NUL, and surrogates left unpaired (a JSON "\\ud800" decodes to one): Postgres refuses both.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable_text(value: str) -> str:
+    """`value` with NUL and unpaired surrogates replaced by U+FFFD."""
+    return _UNSTORABLE.sub("\ufffd", value)
+
+
+def storable_json(value: Any) -> Any:
+    """`value` as JSONB accepts it: strings (keys too) made storable, NaN and infinities null."""
+    if isinstance(value, str):
+        return storable_text(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {storable_text(str(key)): storable_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable_json(item) for item in value]
+    return value
+
+
 def _lenient_int(value: Any) -> Any:
     """Floats and numeric strings become ints; anything unreadable becomes None."""
     if value is None or isinstance(value, bool):
@@ -51,13 +78,15 @@ def _lenient_float(value: Any) -> float | None:
         return None
     try:
         number = float(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # an integer of hundreds of digits overflows
         return None
     return number if math.isfinite(number) else None
 
 
 LenientInt = Annotated[int | None, BeforeValidator(_lenient_int)]
 LenientFloat = Annotated[float | None, BeforeValidator(_lenient_float)]
+StorableStr = Annotated[str, AfterValidator(storable_text)]
+StorableJson = Annotated[dict[str, Any], AfterValidator(storable_json)]
 
 
 class _Lenient(BaseModel):
@@ -71,11 +100,11 @@ class ProviderErrorBody(_Lenient):
     status in the older envelope; `code_str` gives either as a string.
     """
 
-    code: str | int | None = None
-    message: str | None = None
-    type: str | None = None
-    param: str | None = None
-    fallback_suggestion: str | None = None
+    code: StorableStr | int | None = None
+    message: StorableStr | None = None
+    type: StorableStr | None = None
+    param: StorableStr | None = None
+    fallback_suggestion: StorableStr | None = None
 
     @property
     def code_str(self) -> str | None:
@@ -93,14 +122,14 @@ class ProviderTask(_Lenient):
     `results` (image URLs, valid for 24 h) is present once completed; `error` once failed.
     """
 
-    id: str
-    status: str
+    id: StorableStr
+    status: StorableStr
     progress: LenientInt = None
     created: LenientInt = None
-    model: str | None = None
+    model: StorableStr | None = None
     task_info: TaskInfo | None = None
-    usage: dict[str, Any] | None = None
-    results: list[str] | None = None
+    usage: StorableJson | None = None
+    results: list[StorableStr] | None = None
     error: ProviderErrorBody | None = None
 
     @property
