@@ -26,6 +26,7 @@ from app.notify import notify_task_changed
 from app.results.fetch import FetchError, fetch_image
 from app.results.storage import ResultStorage, StorageError
 from app.tasks.lifecycle import EventKind, EventOutcome, ResultStatus, TaskStatus
+from app.tasks.transitions import result_limit
 
 LINK_TTL: Final = timedelta(hours=24)
 # The least wait before asking the provider again when it could not confirm the results.
@@ -66,6 +67,7 @@ class _Run:
     deadline: datetime
     max_bytes: int
     allow_loopback: bool
+    result_limit: int
 
     def expired(self) -> bool:
         return datetime.now(UTC) >= self.deadline
@@ -115,9 +117,15 @@ async def store_task_results(
     facts = await _load(sessions, task_id)
     if facts is None:
         return report
-    provider_task_id, finished_at = facts
+    provider_task_id, finished_at, limit = facts
     run = _Run(
-        task_id, provider_task_id, finished_at, finished_at + link_ttl, max_bytes, allow_loopback
+        task_id,
+        provider_task_id,
+        finished_at,
+        finished_at + link_ttl,
+        max_bytes,
+        allow_loopback,
+        limit,
     )
     for target in await _confirm(sessions, evolink, run, report):
         await _store_one(sessions, storage, http, run, target, report)
@@ -126,8 +134,9 @@ async def store_task_results(
 
 async def _load(
     sessions: async_sessionmaker[AsyncSession], task_id: uuid.UUID
-) -> tuple[str, datetime] | None:
-    """The task's provider id and completion time, or None when there is nothing to do."""
+) -> tuple[str, datetime, int] | None:
+    """The task's provider id, completion time and result limit (its n), or None when there
+    is nothing to do."""
     async with sessions() as session:
         row = (
             await session.execute(
@@ -137,6 +146,7 @@ async def _load(
                     func.coalesce(Task.finished_at, Task.updated_at),
                     func.count(TaskResult.id),
                     func.count(TaskResult.id).filter(TaskResult.status == _PENDING),
+                    Task.request,
                 )
                 .outerjoin(TaskResult, TaskResult.task_id == Task.id)
                 .where(Task.id == task_id)
@@ -145,14 +155,14 @@ async def _load(
         ).one_or_none()
     if row is None:
         return None
-    status, provider_task_id, finished_at, total, pending = row
+    status, provider_task_id, finished_at, total, pending, request = row
     if status != TaskStatus.COMPLETED or not provider_task_id:
         return None
     # A completed task without result rows is still asked about: the provider may list
     # results that the message which completed the task left out.
     if total > 0 and pending == 0:
         return None
-    return provider_task_id, finished_at
+    return provider_task_id, finished_at, result_limit(request)
 
 
 async def _confirm(
@@ -185,6 +195,14 @@ async def _confirm(
         confirmed = []  # it ended without results: none of ours can be confirmed
     else:
         why = f"the provider says {observed.status!r}"
+    if confirmed is not None and len(confirmed) > run.result_limit:
+        # Broken beyond use: which of them would be ours? No row is added, none confirmed.
+        reason = (
+            f"{NOT_CONFIRMED}: it lists {len(confirmed)} results, but the task asked for "
+            f"at most {run.result_limit}"
+        )
+        await _fail_pending(sessions, run, reason, report)
+        return []
     if confirmed is None:
         # Not finished there (yet): nothing is confirmed, but nothing is refuted either.
         await _retry_confirmation(

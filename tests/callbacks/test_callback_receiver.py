@@ -32,8 +32,8 @@ def completed(provider_id: str, n: int = 1) -> dict[str, Any]:
 
 @pytest.fixture
 async def held(api: httpx.AsyncClient) -> dict[str, Any]:
-    """A submitted task the simulator keeps processing until told otherwise."""
-    task = await create_task(api, prompt="hold it [sim:hold]")
+    """A submitted task of n = 2 the simulator keeps processing until told otherwise."""
+    task = await create_task(api, prompt="hold it [sim:hold]", n=2)
     return await wait_for_task(api, task["id"], {"pending", "processing"})
 
 
@@ -271,3 +271,24 @@ async def test_a_hostile_body_with_a_valid_token_is_recorded_and_answered_the_sa
     assert original_body(recorded[0]["body"]) == body
     task = (await api.get(f"/v1/tasks/{held['id']}")).json()
     assert task["status"] == ("completed" if outcome == "applied" else "pending")
+
+
+async def test_more_results_than_the_task_asked_for_are_an_anomaly_without_rows(
+    api: httpx.AsyncClient, sim: httpx.AsyncClient, held: dict[str, Any]
+) -> None:
+    """20,000 URLs for a task of n = 2: recorded as an anomaly, no result rows, no move; the
+    provider's own completion then settles the task."""
+    body = completed(held["provider_task_id"])
+    body["results"] = [f"https://f.example/{i}.png" for i in range(20_000)]
+    response = await api.post(url_for(held["id"]), json=body)
+    assert (response.status_code, response.json()["outcome"]) == (200, "anomaly")
+    task = (await api.get(f"/v1/tasks/{held['id']}")).json()
+    assert (task["status"], task["result_count"]) == (held["status"], 0)
+    assert (await api.get(f"/v1/tasks/{held['id']}/results")).json()["items"] == []
+    anomaly = next(e for e in await events(api, held["id"]) if e["outcome"] == "anomaly")
+    assert "20000 results" in anomaly["detail"]
+    assert "asked for at most 2" in anomaly["detail"]
+
+    await sim.post(f"/_sim/tasks/{held['provider_task_id']}/complete")
+    done = await wait_for_task(api, held["id"], {"completed"})
+    assert (done["resolved_by"], done["result_count"]) == ("callback", 2)
