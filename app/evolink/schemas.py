@@ -7,7 +7,9 @@ have never seen still parses and can be judged by the caller.
 
 What the provider says is stored, so every string and JSON value kept from it is made
 storable as it is read: NUL and unpaired surrogates (which Postgres refuses in text and
-JSONB) become U+FFFD, and non-finite numbers (which JSONB refuses) become null.
+JSONB) become U+FFFD, and non-finite numbers (which JSONB refuses) become null. Validated
+with the context `{SCRUB: token}`, every form of that callback token is scrubbed from them
+too (app.security.scrub_token): the provider may quote our callback URL in an error.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import math
 import re
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationInfo
+
+from app.security import scrub_token
 
 MODEL_NAME: Final = "qwen-image-edit-plus"
 
@@ -49,17 +53,38 @@ def storable_text(value: str) -> str:
     return _UNSTORABLE.sub("\ufffd", value)
 
 
-def storable_json(value: Any) -> Any:
-    """`value` as JSONB accepts it: strings (keys too) made storable, NaN and infinities null."""
+def storable_json(value: Any, token: str | None = None) -> Any:
+    """`value` as JSONB accepts it: strings (keys too) made storable and free of `token`,
+    NaN and infinities null."""
     if isinstance(value, str):
-        return storable_text(value)
+        return scrub_token(storable_text(value), token)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {storable_text(str(key)): storable_json(item) for key, item in value.items()}
+        return {
+            scrub_token(storable_text(str(key)), token): storable_json(item, token)
+            for key, item in value.items()
+        }
     if isinstance(value, list | tuple):
-        return [storable_json(item) for item in value]
+        return [storable_json(item, token) for item in value]
     return value
+
+
+# The validation context key naming a callback token to scrub from what is read.
+SCRUB: Final = "scrub"
+
+
+def _scrubbed_token(info: ValidationInfo) -> str | None:
+    token = info.context.get(SCRUB) if isinstance(info.context, dict) else None
+    return token if isinstance(token, str) else None
+
+
+def _storable_str(value: str, info: ValidationInfo) -> str:
+    return scrub_token(storable_text(value), _scrubbed_token(info))
+
+
+def _storable_json(value: dict[str, Any], info: ValidationInfo) -> Any:
+    return storable_json(value, _scrubbed_token(info))
 
 
 def _lenient_int(value: Any) -> Any:
@@ -85,8 +110,8 @@ def _lenient_float(value: Any) -> float | None:
 
 LenientInt = Annotated[int | None, BeforeValidator(_lenient_int)]
 LenientFloat = Annotated[float | None, BeforeValidator(_lenient_float)]
-StorableStr = Annotated[str, AfterValidator(storable_text)]
-StorableJson = Annotated[dict[str, Any], AfterValidator(storable_json)]
+StorableStr = Annotated[str, AfterValidator(_storable_str)]
+StorableJson = Annotated[dict[str, Any], AfterValidator(_storable_json)]
 
 
 class _Lenient(BaseModel):

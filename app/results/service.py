@@ -68,6 +68,7 @@ class _Run:
     max_bytes: int
     allow_loopback: bool
     result_limit: int
+    callback_token: str | None
 
     def expired(self) -> bool:
         return datetime.now(UTC) >= self.deadline
@@ -98,6 +99,7 @@ async def store_task_results(
     max_bytes: int,
     allow_loopback: bool,
     link_ttl: timedelta = LINK_TTL,
+    callback_token: str | None = None,
 ) -> StoreReport:
     """Copy the pending result images of the completed task `task_id` into `storage`.
 
@@ -111,7 +113,8 @@ async def store_task_results(
     marked `stored`. A permanent failure marks the row `failed`; a retryable one leaves it
     `pending` with `error` set and sets `retry_in`, until `finished_at + link_ttl`, after
     which it is `failed` too. When no row is left pending, the transaction that settled
-    the last one notifies the task's waiters (`app.notify`).
+    the last one notifies the task's waiters (`app.notify`). No form of `callback_token`
+    is kept from the provider's answers.
     """
     report = StoreReport()
     facts = await _load(sessions, task_id)
@@ -126,6 +129,7 @@ async def store_task_results(
         max_bytes,
         allow_loopback,
         limit,
+        callback_token,
     )
     for target in await _confirm(sessions, evolink, run, report):
         await _store_one(sessions, storage, http, run, target, report)
@@ -173,7 +177,7 @@ async def _confirm(
 ) -> list[_Target]:
     """Ask the provider, bring the rows in line with its answer, return what to fetch."""
     try:
-        observed = await evolink.get_task(run.provider_task_id)
+        observed = await evolink.get_task(run.provider_task_id, hide=run.callback_token)
     except EvoLinkError as exc:
         if exc.outcome == "permanent" and exc.status_code not in _ABOUT_US:
             reason = f"the provider could not confirm the results: {exc}"

@@ -370,6 +370,25 @@ async def test_a_confirmation_listing_more_results_than_n_confirms_nothing(
 
 
 @pytest.mark.usefixtures("clean_db")
+async def test_a_confirmation_error_quoting_the_callback_token_keeps_none_of_it(
+    service: Service, sim: httpx.AsyncClient, storage: ResultStorage, http: httpx.AsyncClient
+) -> None:
+    """The confirming GET's error, kept on the rows and in an event, has the token scrubbed."""
+    task_id = await record_completed(service, await completed_at_simulator(sim))
+    token = callback_token(CALLBACK_SECRET, task_id)
+    message = f"callback {callback_path(task_id, token)} and {token} are unknown"
+    await sim.post("/_sim/faults", json={"endpoint": "get", "status": 404, "message": message})
+
+    await run(service, storage, http, task_id, callback_token=token)
+
+    [row] = await rows_of(service, task_id)
+    [event] = await events_of(service, task_id)
+    assert "[redacted]" in (row.error or "")
+    for text in (row.error or "", event.detail or ""):
+        assert token[:16] not in text
+
+
+@pytest.mark.usefixtures("clean_db")
 async def test_a_provider_that_forgot_the_task_fails_the_pending_rows(
     service: Service, sim: httpx.AsyncClient, storage: ResultStorage, http: httpx.AsyncClient
 ) -> None:
