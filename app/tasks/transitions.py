@@ -103,9 +103,9 @@ def judge(task: TaskState, observed: ProviderTask, source: EventKind) -> Verdict
     if RANK[new] < RANK[current]:
         return Verdict(EventOutcome.STALE, f"says {new.value}; the task is already {current.value}")
 
-    listed = len(observed.results or [])
-    if new == TaskStatus.COMPLETED and listed > result_limit(task.request):
-        return _too_many_results(source, listed, result_limit(task.request), changes)
+    listed, limit = len(observed.results or []), result_limit(task.request)
+    if new == TaskStatus.COMPLETED and listed > limit:
+        return _too_many_results(source, listed, limit, changes)
 
     progress = _progress(observed.progress)
     if new == TaskStatus.COMPLETED:
@@ -151,7 +151,8 @@ def _too_many_results(
     detail = f"lists {listed} results, but the task asked for at most {limit}"
     if source == EventKind.CALLBACK:
         return Verdict(EventOutcome.ANOMALY, f"{detail}: not applied; a poll settles the task")
-    verdict = fail(Verdict(EventOutcome.APPLIED, detail), source, RESULTS_OVER_N, detail)
+    message = f"the provider {detail}"
+    verdict = fail(Verdict(EventOutcome.APPLIED, message), source, RESULTS_OVER_N, message)
     if "provider_task_id" in changes:
         verdict.changes["provider_task_id"] = changes["provider_task_id"]
     return verdict

@@ -338,6 +338,32 @@ async def test_more_results_than_the_tasks_n_are_left_to_the_careful_path(
     assert f"lists {results} results" in after["events"][0]["detail"]
 
 
+@pytest.mark.parametrize("results", [2, 7])
+async def test_a_create_answer_with_more_results_than_n_fails_the_task_without_rows(
+    db: Database, results: int
+) -> None:
+    """Our own create answered with more results than asked for: the direct path writes
+    nothing, the careful path fails the task (keeping the provider id), with no rows."""
+    task_id = uuid.uuid4()
+    await fresh_task(db, task_id, "submitting", None, n=1)
+    before = await state(db, task_id)
+    created = message("completed", results=[f"https://f.example/{i}.png" for i in range(results)])
+    assert await direct_created(db, task_id, created) in (None, direct.Written(exists=True))
+    assert await state(db, task_id) == before
+
+    await careful_created(db, task_id, created)
+    after = await state(db, task_id)
+    task = after["task"]
+    assert (task["status"], task["error_code"], task["resolved_by"]) == (
+        "failed",
+        "provider_results_over_n",
+        "submission",
+    )
+    assert task["provider_task_id"] == PROVIDER_ID
+    assert f"lists {results} results" in task["error_message"]
+    assert (after["results"], after["jobs"]) == ([], [])
+
+
 async def test_a_create_answer_after_the_callback_is_left_to_the_careful_path(
     db: Database,
 ) -> None:
