@@ -76,6 +76,7 @@ async def receive_evolink_callback(task_id: str, token: str, request: Request) -
             body,
             headers,
             oversize_bytes=None if body is not None else size,
+            token=token,
         )
     except (OperationalError, InterfaceError, DBAPIError, DriverError, OSError) as exc:
         logger.error("could not record a callback for task %s: %s", parsed_id, type(exc).__name__)
