@@ -10,57 +10,55 @@ import signal
 import sys
 from pathlib import Path
 
+from app import preflight
 from app.logs import UVICORN_LOG_CONFIG, configure_logging
-from app.settings import ConfigError, Settings
+from app.preflight import Refused, load_settings, refuse
+from app.settings import Settings
 
 DEV_API_KEYS = "dev:dev-key"
 # Development only: a fixed secret keeps callback URLs valid across restarts of `edithook dev`.
 DEV_CALLBACK_SECRET = "dev-callback-secret-not-for-production-use"  # noqa: S105
 
 
-def _fail(problems: list[str]) -> int:
-    print("edithook cannot start:", file=sys.stderr)
-    for line in problems:
-        print(f"  - {line}", file=sys.stderr)
-    return 2
-
-
-def _load_settings(**overrides: object) -> Settings:
-    return Settings(**overrides)  # type: ignore[arg-type]
-
-
-def _production_settings() -> Settings:
-    """The environment's settings, or exit 2 listing every problem with them."""
-    settings = _load_settings()
+def _production_settings(command: str) -> Settings:
+    """The environment's settings, checked; else exit with one line per problem."""
     try:
-        settings.check()
-    except ConfigError as exc:
-        raise SystemExit(_fail(exc.problems)) from None
+        settings = load_settings()
+        preflight.check(settings)
+    except Refused as exc:
+        refuse(command, exc.problems, exc.code)
     return settings
 
 
 def serve() -> int:
     """The production API process."""
-    settings = _production_settings()
+    settings = _production_settings("serve")
+    try:
+        # Bound here, before the app starts, so that a taken port is one clear line.
+        sock = preflight.bind_port(settings.host, settings.port)
+    except Refused as exc:
+        refuse("serve", exc.problems, exc.code)
     import uvicorn
 
     from app.main import create_app
 
     configure_logging(settings.log_level)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=UVICORN_LOG_CONFIG,
-        proxy_headers=True,
-        server_header=False,
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings),
+            log_config=UVICORN_LOG_CONFIG,
+            proxy_headers=True,
+            server_header=False,
+        )
     )
-    return 0
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run(sockets=[sock])
+    return 0 if server.started else preflight.UNAVAILABLE
 
 
 def worker() -> int:
     """The production worker process."""
-    settings = _production_settings()
+    settings = _production_settings("worker")
     configure_logging(settings.log_level)
     asyncio.run(_run_worker(settings))
     return 0
@@ -80,9 +78,18 @@ async def _run_worker(settings: Settings) -> None:
 
 def migrate() -> int:
     """Apply every pending migration."""
-    settings = _load_settings()
-    if not settings.database_url:
-        return _fail(["EDITHOOK_DATABASE_URL is not set (postgresql://user:pass@host/db)"])
+    try:
+        settings = load_settings()
+        if not settings.database_url:
+            raise Refused(
+                ["EDITHOOK_DATABASE_URL is not set; set it to postgresql://user:pass@host/db"],
+                preflight.BAD_SETTINGS,
+            )
+        problem = preflight.database_problem(settings.database_url)
+        if problem:
+            raise Refused([problem], preflight.UNAVAILABLE)
+    except Refused as exc:
+        refuse("migrate", exc.problems, exc.code)
     configure_logging(settings.log_level)
     from app.migrate import upgrade
 
@@ -131,21 +138,24 @@ async def _run_dev(data_dir: Path) -> None:
 
     simulator_server = await start_server(create_simulator_app(), "127.0.0.1", 0)
     api_socket = bind(env.get("EDITHOOK_HOST", "127.0.0.1"), int(env.get("EDITHOOK_PORT", "8000")))
-    settings = _load_settings(
-        environment="development",
-        database_url=database_url,
-        evolink_base_url=env.get("EDITHOOK_EVOLINK_BASE_URL", simulator_server.url),
-        evolink_api_key=env.get("EDITHOOK_EVOLINK_API_KEY", "sk-simulator"),
-        public_base_url=env.get("EDITHOOK_PUBLIC_BASE_URL", socket_url(api_socket)),
-        callback_secret=env.get("EDITHOOK_CALLBACK_SECRET", DEV_CALLBACK_SECRET),
-        api_keys=env.get("EDITHOOK_API_KEYS", DEV_API_KEYS),
-        storage_url=env.get("EDITHOOK_STORAGE_URL", str(data_dir.parent / "results")),
-        # Short enough to see reconciliation work in a demo.
-        poll_floor_seconds=float(env.get("EDITHOOK_POLL_FLOOR_SECONDS", "5")),
-    )
+    try:
+        settings = load_settings(
+            environment="development",
+            database_url=database_url,
+            evolink_base_url=env.get("EDITHOOK_EVOLINK_BASE_URL", simulator_server.url),
+            evolink_api_key=env.get("EDITHOOK_EVOLINK_API_KEY", "sk-simulator"),
+            public_base_url=env.get("EDITHOOK_PUBLIC_BASE_URL", socket_url(api_socket)),
+            callback_secret=env.get("EDITHOOK_CALLBACK_SECRET", DEV_CALLBACK_SECRET),
+            api_keys=env.get("EDITHOOK_API_KEYS", DEV_API_KEYS),
+            storage_url=env.get("EDITHOOK_STORAGE_URL", str(data_dir.parent / "results")),
+            # Short enough to see reconciliation work in a demo.
+            poll_floor_seconds=float(env.get("EDITHOOK_POLL_FLOOR_SECONDS", "5")),
+        )
+    except Refused as exc:
+        refuse("dev", exc.problems, exc.code)
     problems = [p for p in settings.problems() if "API_KEYS has keys shorter" not in p]
     if problems:
-        raise SystemExit(_fail(problems))
+        refuse("dev", problems)
     api_server = await start_server(create_app(settings), sock=api_socket, log_level="info")
     async with open_resources(settings) as resources:
         worker = asyncio.create_task(run_worker(resources))
