@@ -1,4 +1,4 @@
-"""`edithook dev | serve | worker | migrate | simulator`."""
+"""`edithook dev | serve | worker | migrate | healthcheck | simulator`."""
 
 from __future__ import annotations
 
@@ -66,14 +66,14 @@ def worker() -> int:
 
 async def _run_worker(settings: Settings) -> None:
     from app.resources import open_resources
-    from app.worker import run_worker
+    from app.worker import heartbeat_path, run_worker
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with open_resources(settings) as resources:
-        await run_worker(resources, stop)
+        await run_worker(resources, stop, heartbeat=heartbeat_path())
 
 
 def migrate() -> int:
@@ -216,6 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("serve", help="run the API (production)")
     commands.add_parser("worker", help="run the background worker (production)")
     commands.add_parser("migrate", help="apply database migrations")
+    health_parser = commands.add_parser(
+        "healthcheck", help="exit 0 if this container's API or worker is healthy"
+    )
+    health_parser.add_argument(
+        "role",
+        nargs="?",
+        choices=["api", "worker"],
+        help="default: worker if a worker heartbeat exists here, else api",
+    )
     sim_parser = commands.add_parser("simulator", help="run the EvoLink simulator alone")
     sim_parser.add_argument("--port", type=int, default=8100)
     args = parser.parse_args(argv)
@@ -228,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
             return worker()
         case "migrate":
             return migrate()
+        case "healthcheck":
+            from app.health import healthcheck
+
+            return healthcheck(args.role)
         case "simulator":
             return simulator(args.port)
     return 2

@@ -84,7 +84,8 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"  # noqa: S104 - a container's service listens on all interfaces
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    db_pool_size: int = Field(default=10, ge=1, le=200)
+    # Per pool and process; api + worker open at most 8 * this + 7 connections (39 by default).
+    db_pool_size: int = Field(default=4, ge=1, le=200)
     callback_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     provider_connect_timeout_seconds: float = Field(default=5.0, gt=0)
     provider_read_timeout_seconds: float = Field(default=30.0, gt=0)

@@ -93,12 +93,14 @@ def make_settings(
     )
 
 
-def refusal(result: subprocess.CompletedProcess[str], command: str) -> list[str]:
+def refusal(
+    result: subprocess.CompletedProcess[str], command: str, *, verb: str = "cannot start"
+) -> list[str]:
     """The problem lines of a refused start: a non-zero exit, nothing but one line each."""
     assert result.returncode != 0
     assert "Traceback" not in result.stderr + result.stdout
     lines = result.stderr.splitlines()
     assert lines, result.stdout
     for line in lines:
-        assert line.startswith(f"edithook {command} cannot start: "), result.stderr
+        assert line.startswith(f"edithook {command} {verb}: "), result.stderr
     return lines
