@@ -124,20 +124,24 @@ def _embedded_database(data_dir: Path) -> str:
     return f"postgresql://postgres@/edithook?host={data_dir.resolve()}"
 
 
-async def _run_dev(data_dir: Path) -> None:
+async def _run_dev(data_dir: Path, port: int) -> None:
     from app.evolink.simulator import create_simulator_app
     from app.main import create_app
     from app.migrate import upgrade_async
     from app.resources import open_resources
-    from app.servers import bind, socket_url, start_server
+    from app.servers import socket_url, start_server
     from app.worker import run_worker
 
     env = os.environ
+    try:
+        # Before Postgres starts, so that a taken port costs nothing.
+        api_socket = preflight.bind_port(env.get("EDITHOOK_HOST", "127.0.0.1"), port)
+    except Refused as exc:
+        refuse("dev", exc.problems, exc.code)
     database_url = env.get("EDITHOOK_DATABASE_URL") or _embedded_database(data_dir)
     await upgrade_async(database_url)
 
     simulator_server = await start_server(create_simulator_app(), "127.0.0.1", 0)
-    api_socket = bind(env.get("EDITHOOK_HOST", "127.0.0.1"), int(env.get("EDITHOOK_PORT", "8000")))
     try:
         settings = load_settings(
             environment="development",
@@ -198,8 +202,13 @@ def _print_banner(settings: Settings, api_url: str, database_url: str, data_dir:
 
 def dev(data_dir: Path) -> int:
     """Everything on one machine with no set-up: embedded Postgres, the simulator, the API."""
-    configure_logging(os.environ.get("EDITHOOK_LOG_LEVEL", "info"))
-    asyncio.run(_run_dev(data_dir))
+    try:
+        # The environment's values must at least be well-formed; the rest has defaults here.
+        probe = load_settings(environment="development")
+    except Refused as exc:
+        refuse("dev", exc.problems, exc.code)
+    configure_logging(probe.log_level)
+    asyncio.run(_run_dev(data_dir, probe.port))
     return 0
 
 
