@@ -29,7 +29,9 @@ COPY --from=build /opt/venv /opt/venv
 USER 10001:10001
 WORKDIR /tmp
 EXPOSE 8000
-HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('EDITHOOK_PORT', '8000') + '/healthz', timeout=2)"]
+# `edithook healthcheck` knows both roles: /healthz for `serve`, the heartbeat a `worker`
+# keeps in /tmp (renewed every 10 s while its jobs run, stale after 60 s).
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["edithook", "healthcheck"]
 ENTRYPOINT ["edithook"]
 CMD ["serve"]

@@ -1,4 +1,4 @@
-"""`edithook dev | serve | worker | migrate | simulator`."""
+"""`edithook dev | serve | worker | migrate | healthcheck | simulator`."""
 
 from __future__ import annotations
 
@@ -10,57 +10,55 @@ import signal
 import sys
 from pathlib import Path
 
-from app.logs import UVICORN_LOG_CONFIG, LogFormat, configure_logging
-from app.settings import ConfigError, Settings
+from app import preflight
+from app.logs import UVICORN_LOG_CONFIG, configure_logging
+from app.preflight import Refused, load_settings, refuse
+from app.settings import Settings
 
 DEV_API_KEYS = "dev:dev-key"
 # Development only: a fixed secret keeps callback URLs valid across restarts of `edithook dev`.
 DEV_CALLBACK_SECRET = "dev-callback-secret-not-for-production-use"  # noqa: S105
 
 
-def _fail(problems: list[str]) -> int:
-    print("edithook cannot start:", file=sys.stderr)
-    for line in problems:
-        print(f"  - {line}", file=sys.stderr)
-    return 2
-
-
-def _load_settings(**overrides: object) -> Settings:
-    return Settings(**overrides)  # type: ignore[arg-type]
-
-
-def _production_settings() -> Settings:
-    """The environment's settings, or exit 2 listing every problem with them."""
-    settings = _load_settings()
+def _production_settings(command: str) -> Settings:
+    """The environment's settings, checked; else exit with one line per problem."""
     try:
-        settings.check()
-    except ConfigError as exc:
-        raise SystemExit(_fail(exc.problems)) from None
+        settings = load_settings()
+        preflight.check(settings)
+    except Refused as exc:
+        refuse(command, exc.problems, exc.code)
     return settings
 
 
 def serve() -> int:
     """The production API process."""
-    settings = _production_settings()
+    settings = _production_settings("serve")
+    try:
+        # Bound here, before the app starts, so that a taken port is one clear line.
+        sock = preflight.bind_port(settings.host, settings.port)
+    except Refused as exc:
+        refuse("serve", exc.problems, exc.code)
     import uvicorn
 
     from app.main import create_app
 
     configure_logging(settings.log_level, settings.log_format or "json")
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=UVICORN_LOG_CONFIG,
-        proxy_headers=True,
-        server_header=False,
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings),
+            log_config=UVICORN_LOG_CONFIG,
+            proxy_headers=True,
+            server_header=False,
+        )
     )
-    return 0
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run(sockets=[sock])
+    return 0 if server.started else preflight.UNAVAILABLE
 
 
 def worker() -> int:
     """The production worker process."""
-    settings = _production_settings()
+    settings = _production_settings("worker")
     configure_logging(settings.log_level, settings.log_format or "json")
     asyncio.run(_run_worker(settings))
     return 0
@@ -68,21 +66,30 @@ def worker() -> int:
 
 async def _run_worker(settings: Settings) -> None:
     from app.resources import open_resources
-    from app.worker import run_worker
+    from app.worker import heartbeat_path, run_worker
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with open_resources(settings) as resources:
-        await run_worker(resources, stop)
+        await run_worker(resources, stop, heartbeat=heartbeat_path())
 
 
 def migrate() -> int:
     """Apply every pending migration."""
-    settings = _load_settings()
-    if not settings.database_url:
-        return _fail(["EDITHOOK_DATABASE_URL is not set (postgresql://user:pass@host/db)"])
+    try:
+        settings = load_settings()
+        if not settings.database_url:
+            raise Refused(
+                ["EDITHOOK_DATABASE_URL is not set; set it to postgresql://user:pass@host/db"],
+                preflight.BAD_SETTINGS,
+            )
+        problem = preflight.database_problem(settings.database_url)
+        if problem:
+            raise Refused([problem], preflight.UNAVAILABLE)
+    except Refused as exc:
+        refuse("migrate", exc.problems, exc.code)
     configure_logging(settings.log_level, settings.log_format or "text")
     from app.migrate import upgrade
 
@@ -117,35 +124,42 @@ def _embedded_database(data_dir: Path) -> str:
     return f"postgresql://postgres@/edithook?host={data_dir.resolve()}"
 
 
-async def _run_dev(data_dir: Path) -> None:
+async def _run_dev(data_dir: Path, port: int) -> None:
     from app.evolink.simulator import create_simulator_app
     from app.main import create_app
     from app.migrate import upgrade_async
     from app.resources import open_resources
-    from app.servers import bind, socket_url, start_server
+    from app.servers import socket_url, start_server
     from app.worker import run_worker
 
     env = os.environ
+    try:
+        # Before Postgres starts, so that a taken port costs nothing.
+        api_socket = preflight.bind_port(env.get("EDITHOOK_HOST", "127.0.0.1"), port)
+    except Refused as exc:
+        refuse("dev", exc.problems, exc.code)
     database_url = env.get("EDITHOOK_DATABASE_URL") or _embedded_database(data_dir)
     await upgrade_async(database_url)
 
     simulator_server = await start_server(create_simulator_app(), "127.0.0.1", 0)
-    api_socket = bind(env.get("EDITHOOK_HOST", "127.0.0.1"), int(env.get("EDITHOOK_PORT", "8000")))
-    settings = _load_settings(
-        environment="development",
-        database_url=database_url,
-        evolink_base_url=env.get("EDITHOOK_EVOLINK_BASE_URL", simulator_server.url),
-        evolink_api_key=env.get("EDITHOOK_EVOLINK_API_KEY", "sk-simulator"),
-        public_base_url=env.get("EDITHOOK_PUBLIC_BASE_URL", socket_url(api_socket)),
-        callback_secret=env.get("EDITHOOK_CALLBACK_SECRET", DEV_CALLBACK_SECRET),
-        api_keys=env.get("EDITHOOK_API_KEYS", DEV_API_KEYS),
-        storage_url=env.get("EDITHOOK_STORAGE_URL", str(data_dir.parent / "results")),
-        # Short enough to see reconciliation work in a demo.
-        poll_floor_seconds=float(env.get("EDITHOOK_POLL_FLOOR_SECONDS", "5")),
-    )
+    try:
+        settings = load_settings(
+            environment="development",
+            database_url=database_url,
+            evolink_base_url=env.get("EDITHOOK_EVOLINK_BASE_URL", simulator_server.url),
+            evolink_api_key=env.get("EDITHOOK_EVOLINK_API_KEY", "sk-simulator"),
+            public_base_url=env.get("EDITHOOK_PUBLIC_BASE_URL", socket_url(api_socket)),
+            callback_secret=env.get("EDITHOOK_CALLBACK_SECRET", DEV_CALLBACK_SECRET),
+            api_keys=env.get("EDITHOOK_API_KEYS", DEV_API_KEYS),
+            storage_url=env.get("EDITHOOK_STORAGE_URL", str(data_dir.parent / "results")),
+            # Short enough to see reconciliation work in a demo.
+            poll_floor_seconds=float(env.get("EDITHOOK_POLL_FLOOR_SECONDS", "5")),
+        )
+    except Refused as exc:
+        refuse("dev", exc.problems, exc.code)
     problems = [p for p in settings.problems() if "API_KEYS has keys shorter" not in p]
     if problems:
-        raise SystemExit(_fail(problems))
+        refuse("dev", problems)
     api_server = await start_server(create_app(settings), sock=api_socket, log_level="info")
     async with open_resources(settings) as resources:
         worker = asyncio.create_task(run_worker(resources))
@@ -188,9 +202,13 @@ def _print_banner(settings: Settings, api_url: str, database_url: str, data_dir:
 
 def dev(data_dir: Path) -> int:
     """Everything on one machine with no set-up: embedded Postgres, the simulator, the API."""
-    log_format: LogFormat = "json" if os.environ.get("EDITHOOK_LOG_FORMAT") == "json" else "text"
-    configure_logging(os.environ.get("EDITHOOK_LOG_LEVEL", "info"), log_format)
-    asyncio.run(_run_dev(data_dir))
+    try:
+        # The environment's values must at least be well-formed; the rest has defaults here.
+        probe = load_settings(environment="development")
+    except Refused as exc:
+        refuse("dev", exc.problems, exc.code)
+    configure_logging(probe.log_level, probe.log_format or "text")
+    asyncio.run(_run_dev(data_dir, probe.port))
     return 0
 
 
@@ -207,6 +225,15 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("serve", help="run the API (production)")
     commands.add_parser("worker", help="run the background worker (production)")
     commands.add_parser("migrate", help="apply database migrations")
+    health_parser = commands.add_parser(
+        "healthcheck", help="exit 0 if this container's API or worker is healthy"
+    )
+    health_parser.add_argument(
+        "role",
+        nargs="?",
+        choices=["api", "worker"],
+        help="default: worker if a worker heartbeat exists here, else api",
+    )
     sim_parser = commands.add_parser("simulator", help="run the EvoLink simulator alone")
     sim_parser.add_argument("--port", type=int, default=8100)
     args = parser.parse_args(argv)
@@ -219,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
             return worker()
         case "migrate":
             return migrate()
+        case "healthcheck":
+            from app.health import healthcheck
+
+            return healthcheck(args.role)
         case "simulator":
             return simulator(args.port)
     return 2

@@ -13,6 +13,7 @@ from sqlalchemy import text
 from app import __doc__ as about
 from app.callbacks.routes import router as callbacks_router
 from app.deps import ResourcesDep
+from app.docs_ui import install_docs
 from app.edge import RequestEdge
 from app.errors import install_error_handlers
 from app.metrics import router as metrics_router
@@ -66,7 +67,11 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
         lifespan=lifespan,
         # A redirect would turn EvoLink's POST into a lost callback; unknown paths are 404s.
         redirect_slashes=False,
+        # Served offline by install_docs below; ReDoc is not offered.
+        docs_url=None,
+        redoc_url=None,
     )
+    install_docs(app)
     install_error_handlers(app)
     # Added last, runs first: every answer, the edge's own included, carries a request id.
     app.add_middleware(

@@ -56,11 +56,20 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+# procrastinate's pool: a worker fetches, finishes and retries jobs and beats its heartbeat
+# through it. The API never calls procrastinate (it enqueues through its own session).
+WORKER_JOB_POOL_SIZE = 4
+API_JOB_POOL_SIZE = 1
+
+
 @asynccontextmanager
 async def open_resources(settings: Settings, *, listen: bool = False) -> AsyncIterator[Resources]:
     """Build the engine, job app, storage and HTTP clients for `settings`; close them on exit.
 
-    With `listen`, also a TaskWaiter holding one LISTEN connection for waiting requests.
+    With `listen` (the API), also a TaskWaiter holding one LISTEN connection for waiting
+    requests. The most Postgres connections a process opens, with P = EDITHOOK_DB_POOL_SIZE:
+    2P (engine) + 2P (direct pool) + procrastinate's pool (API 1, worker 4) + one LISTEN
+    (the API's waiter, or procrastinate's listener in a worker): 4P + 2 and 4P + 5.
     """
     engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
     pool = create_pool(settings.database_url, pool_size=settings.db_pool_size)
@@ -69,7 +78,9 @@ async def open_resources(settings: Settings, *, listen: bool = False) -> AsyncIt
         read_timeout=settings.provider_read_timeout_seconds,
     )
     download_http = build_http_client(connect_timeout=10.0, read_timeout=60.0)
-    job_app = create_job_app(settings.database_url)
+    job_app = create_job_app(
+        settings.database_url, pool_size=API_JOB_POOL_SIZE if listen else WORKER_JOB_POOL_SIZE
+    )
     waiter = TaskWaiter(settings.database_url) if listen else None
     try:
         await pool.open(wait=True)

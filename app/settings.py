@@ -13,6 +13,10 @@ from app.urls import is_loopback_host
 
 EVOLINK_BASE_URL = "https://api.evolink.ai"
 MIN_SECRET_LENGTH = 32
+# Every value of .env.example carries one of these, or a host of the reserved example
+# domains, so that an unedited copy of it is refused rather than run with published secrets.
+PLACEHOLDER_MARKERS = ("replace-with", "change-me", "your-")
+PLACEHOLDER_DOMAINS = ("example.com", "example.org", "example.net")
 
 
 class ConfigError(Exception):
@@ -21,6 +25,17 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+def is_placeholder(value: str | None) -> bool:
+    """True for a value that still holds one of .env.example's placeholder markers."""
+    return bool(value) and any(marker in str(value).lower() for marker in PLACEHOLDER_MARKERS)
+
+
+def is_placeholder_host(host: str | None) -> bool:
+    """True for the reserved example domains and their subdomains."""
+    host = (host or "").lower().rstrip(".")
+    return any(host == domain or host.endswith("." + domain) for domain in PLACEHOLDER_DOMAINS)
 
 
 def parse_api_keys(raw: str) -> dict[str, str]:
@@ -61,7 +76,8 @@ class Settings(BaseSettings):
     # One JSON object a line, or text for a person; unset, `serve` and `worker` log JSON and
     # `dev` text.
     log_format: Literal["json", "text"] | None = None
-    db_pool_size: int = Field(default=10, ge=1, le=200)
+    # Per pool and process; api + worker open at most 8 * this + 7 connections (39 by default).
+    db_pool_size: int = Field(default=4, ge=1, le=200)
     callback_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     # The largest body the client API reads; a task is a few kilobytes.
     rest_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
@@ -99,14 +115,35 @@ class Settings(BaseSettings):
             found.append("EDITHOOK_DATABASE_URL is not set (postgresql://user:pass@host/db)")
         elif urlsplit(self.database_url).scheme.split("+")[0] not in ("postgresql", "postgres"):
             found.append("EDITHOOK_DATABASE_URL must be a postgresql:// URL")
+        elif is_placeholder(urlsplit(self.database_url).password):
+            found.append(
+                "EDITHOOK_DATABASE_URL has the placeholder password of .env.example; "
+                "set POSTGRES_PASSWORD (or the URL's password) to a real one"
+            )
         if not self.evolink_api_key.get_secret_value():
             found.append("EDITHOOK_EVOLINK_API_KEY is not set")
+        elif is_placeholder(self.evolink_api_key.get_secret_value()):
+            found.append(
+                "EDITHOOK_EVOLINK_API_KEY is the placeholder of .env.example; "
+                "set the API key of your EvoLink account"
+            )
         dev = self.environment == "development"
         found += _url_problems("EDITHOOK_EVOLINK_BASE_URL", self.evolink_base_url, dev)
-        found += _url_problems("EDITHOOK_PUBLIC_BASE_URL", self.public_base_url, dev)
+        public = _url_problems("EDITHOOK_PUBLIC_BASE_URL", self.public_base_url, dev)
+        if not public and is_placeholder_host(urlsplit(self.public_base_url).hostname):
+            public = [
+                "EDITHOOK_PUBLIC_BASE_URL is the example host of .env.example; "
+                "set the https URL where EvoLink reaches this service"
+            ]
+        found += public
         secret = self.callback_secret.get_secret_value()
         if not secret:
             found.append("EDITHOOK_CALLBACK_SECRET is not set (use 32+ random characters)")
+        elif is_placeholder(secret):
+            found.append(
+                "EDITHOOK_CALLBACK_SECRET is the placeholder of .env.example; set 32+ random "
+                "characters, e.g. from python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
         elif len(secret) < MIN_SECRET_LENGTH:
             found.append(
                 f"EDITHOOK_CALLBACK_SECRET is too short ({len(secret)} characters; "
@@ -120,8 +157,15 @@ class Settings(BaseSettings):
             except ValueError as exc:
                 found.append(f"EDITHOOK_API_KEYS is malformed: {exc}")
             else:
+                examples = sorted(client for key, client in keys.items() if is_placeholder(key))
                 short = sorted(client for key, client in keys.items() if len(key) < 16)
-                if short:
+                if examples:
+                    found.append(
+                        "EDITHOOK_API_KEYS has the placeholder keys of .env.example for: "
+                        + ", ".join(examples)
+                        + "; give each client a long random key"
+                    )
+                elif short:
                     found.append(
                         "EDITHOOK_API_KEYS has keys shorter than 16 characters for: "
                         + ", ".join(short)

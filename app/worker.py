@@ -5,15 +5,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import tempfile
+from pathlib import Path
 
 from app.resources import Resources
 
 logger = logging.getLogger("edithook.worker")
 
 MAX_RESTART_DELAY_SECONDS = 30.0
+# The heartbeat is touched after every this many seconds of the job worker running; a
+# heartbeat older than HEARTBEAT_STALE_SECONDS means the worker is not working (`edithook
+# healthcheck`). Stale spans the longest restart delay and a few missed beats.
+HEARTBEAT_SECONDS = 10.0
+HEARTBEAT_STALE_SECONDS = 60.0
 
 
-async def run_worker(resources: Resources, stop: asyncio.Event | None = None) -> None:
+def heartbeat_path() -> Path:
+    """Where `edithook worker` keeps its heartbeat: the temporary folder (TMPDIR)."""
+    return Path(tempfile.gettempdir()) / "edithook-worker.heartbeat"
+
+
+async def _beat(path: Path) -> None:
+    """Touch `path` every HEARTBEAT_SECONDS, starting one interval in.
+
+    Waiting first means a worker that procrastinate stops at once (the database is gone) and
+    that is restarted again and again never looks alive.
+    """
+    while True:
+        await asyncio.sleep(HEARTBEAT_SECONDS)
+        try:
+            # A file in the temporary folder: nothing worth a thread.
+            path.touch()  # noqa: ASYNC240
+        except OSError as exc:
+            logger.error("cannot write the heartbeat %s: %s", path, exc)
+
+
+async def run_worker(
+    resources: Resources, stop: asyncio.Event | None = None, *, heartbeat: Path | None = None
+) -> None:
     """Process jobs until `stop` is set or this coroutine is cancelled.
 
     Any number of workers may run against one database: procrastinate hands each job to one
@@ -21,7 +50,18 @@ async def run_worker(resources: Resources, stop: asyncio.Event | None = None) ->
     the database (its listener cannot reconnect at once); a worker that ends without being
     asked to is restarted here with a capped backoff, so an outage never leaves the process
     alive but idle. Cancellation stops it gracefully, letting running jobs finish.
+
+    With `heartbeat`, that file is touched while procrastinate's worker runs, and removed
+    when this returns.
     """
+    try:
+        await _run(resources, stop, heartbeat)
+    finally:
+        if heartbeat is not None:
+            heartbeat.unlink(missing_ok=True)  # noqa: ASYNC240
+
+
+async def _run(resources: Resources, stop: asyncio.Event | None, heartbeat: Path | None) -> None:
     stop = stop or asyncio.Event()
     delay = 1.0
     while not stop.is_set():
@@ -35,10 +75,13 @@ async def run_worker(resources: Resources, stop: asyncio.Event | None = None) ->
             )
         )
         stopping = asyncio.create_task(stop.wait())
+        beating = asyncio.create_task(_beat(heartbeat)) if heartbeat is not None else None
         try:
             await asyncio.wait({jobs, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopping.cancel()
+            if beating is not None:
+                beating.cancel()
             if not jobs.done():
                 jobs.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -90,3 +91,16 @@ def make_settings(
         submit_attempts=4,
         **extra,  # type: ignore[arg-type]
     )
+
+
+def refusal(
+    result: subprocess.CompletedProcess[str], command: str, *, verb: str = "cannot start"
+) -> list[str]:
+    """The problem lines of a refused start: a non-zero exit, nothing but one line each."""
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.splitlines()
+    assert lines, result.stdout
+    for line in lines:
+        assert line.startswith(f"edithook {command} {verb}: "), result.stderr
+    return lines

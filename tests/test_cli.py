@@ -15,7 +15,7 @@ import pytest
 
 from app.security import callback_token
 from app.servers import RunningServer, bind, socket_url
-from helpers import ALPHA_KEY, CALLBACK_SECRET, VALID_EDIT
+from helpers import ALPHA_KEY, CALLBACK_SECRET, VALID_EDIT, refusal
 
 EDITHOOK = [sys.executable, "-m", "app.cli"]
 
@@ -31,8 +31,8 @@ def test_production_commands_refuse_to_start_with_one_line_per_problem(command: 
     result = subprocess.run(
         [*EDITHOOK, command], env=_env(), capture_output=True, text=True, timeout=60
     )
+    problems = refusal(result, command)
     assert result.returncode == 2
-    problems = [line for line in result.stderr.splitlines() if line.startswith("  - ")]
     for name in (
         "DATABASE_URL",
         "EVOLINK_API_KEY",
