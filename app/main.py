@@ -14,6 +14,7 @@ from app.callbacks.routes import router as callbacks_router
 from app.deps import ResourcesDep
 from app.errors import install_error_handlers
 from app.metrics import router as metrics_router
+from app.openapi import install_openapi
 from app.resources import Resources, open_resources
 from app.results.routes import router as results_router
 from app.settings import Settings
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
         redirect_slashes=False,
     )
     install_error_handlers(app)
+    install_openapi(app)
     # Callbacks first: routes are matched in order, and they are most of the traffic.
     app.include_router(callbacks_router)
     app.include_router(tasks_router)
@@ -65,7 +67,17 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"], summary="Readiness: the database answers")
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        summary="Readiness: the database answers",
+        responses={
+            503: {
+                "description": "The database does not answer.",
+                "content": {"application/json": {"example": {"status": "unavailable"}}},
+            }
+        },
+    )
     async def readyz(resources: ResourcesDep) -> JSONResponse:
         try:
             async with resources.engine.connect() as connection:
