@@ -9,12 +9,14 @@ import shlex
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from conftest import Service
 from helpers import ALPHA_KEY
+
+if TYPE_CHECKING:
+    from conftest import Service
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 ELLIPSIS = "…"
@@ -89,7 +91,8 @@ def test_the_readme_documents_a_session_of_several_steps() -> None:
     """The parser finds the README's steps, so the test below cannot pass by checking nothing."""
     steps = curl_session()
     assert len(steps) >= 5
-    assert steps[0].body is not None and steps[0].body["status"] == "queued"
+    assert steps[0].body is not None
+    assert steps[0].body["status"] == "queued"
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
