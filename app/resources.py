@@ -18,7 +18,8 @@ from app.evolink.client import EvoLinkClient, build_http_client
 from app.jobs import create_job_app
 from app.results.storage import ResultStorage
 from app.security import ApiKeys
-from app.settings import Settings, is_loopback_host
+from app.settings import Settings
+from app.urls import is_loopback_host
 from app.waiting import TaskWaiter
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import ipaddress
 from functools import lru_cache
 from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.urls import is_loopback_host
 
 EVOLINK_BASE_URL = "https://api.evolink.ai"
 MIN_SECRET_LENGTH = 32
@@ -20,18 +21,6 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
-
-
-def is_loopback_host(host: str | None) -> bool:
-    """True for `localhost` and loopback IP literals."""
-    if not host:
-        return False
-    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def parse_api_keys(raw: str) -> dict[str, str]:

@@ -1,10 +1,13 @@
 """Download one result image, safely: bounded, validated, and only from public addresses.
 
 The URLs come from the provider, but a result URL is still a URL someone else chose, so it
-is treated like user input. Before each request (and each redirect hop) the host is
-resolved and every address it resolves to must be globally routable; the request then goes
-to one of those checked addresses, with the original name kept for `Host` and TLS, so a
-second DNS answer cannot point the connection somewhere else. Redirects are followed by
+is treated like user input. Before each request (and each redirect hop) the URL goes
+through `app.urls.check_url`, the rule `image_urls` are held to: the host is normalised as
+a resolver reads it (IDNA, inet_aton spellings, a trailing dot) and judged. An address
+literal is then connected to as judged; a name is resolved and every address it resolves to
+must pass `address_allowed`. The request goes to one of those checked addresses, with the
+normalised name kept for `Host` and TLS, so a second DNS answer cannot point the connection
+somewhere else. Redirects are followed by
 hand (at most `MAX_REDIRECTS`), the body is read up to `max_bytes`, and the bytes must
 decode as a PNG, JPEG, WebP or GIF image of a sane pixel count.
 """
@@ -21,6 +24,8 @@ from typing import Any, Final
 
 import httpx
 from PIL import Image, UnidentifiedImageError
+
+from app.urls import IPAddress, UrlRefused, WebUrl, address_allowed, check_url, is_loopback_address
 
 MAX_REDIRECTS: Final = 3
 # The provider's outputs are at most 2048x2048; this leaves ample room while keeping a
@@ -44,10 +49,6 @@ _OPENERS: Final = ("PNG", "JPEG", "WEBP", "GIF")
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 # 403/404/410 are retryable: a CDN may not have the file yet; the caller stops at expiry.
 _RETRYABLE_STATUSES: Final = frozenset({403, 404, 408, 410, 425, 429})
-_CGNAT: Final = ipaddress.IPv4Network("100.64.0.0/10")
-_NAT64: Final = ipaddress.IPv6Network("64:ff9b::/96")
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(frozen=True)
@@ -83,51 +84,8 @@ def _retryable(reason: str) -> FetchError:
     return FetchError(reason, retryable=True)
 
 
-def address_allowed(address: IPAddress, *, allow_loopback: bool = False) -> bool:
-    """True when `address` is globally routable (or loopback, if `allow_loopback`).
-
-    Refused: private, loopback, link-local, site-local, reserved, multicast, unspecified,
-    shared (CGNAT, 100.64/10) and documentation ranges, and IPv6 forms that embed an IPv4
-    address (mapped, NAT64, 6to4, Teredo) whose IPv4 address would be refused.
-    """
-    if isinstance(address, ipaddress.IPv6Address):
-        translated = _translated_ipv4(address)
-        if translated is not None:
-            # A mapped or NAT64 address reaches exactly its IPv4 address (DNS64 hands out
-            # the latter on IPv6-only networks), so that address decides.
-            return address_allowed(translated, allow_loopback=allow_loopback)
-        tunnelled = address.sixtofour or (address.teredo[1] if address.teredo else None)
-        if tunnelled is not None and not address_allowed(tunnelled):
-            return False
-        if address.is_site_local:
-            return False
-    if address.is_loopback:
-        return allow_loopback
-    if isinstance(address, ipaddress.IPv4Address) and address in _CGNAT:
-        return False
-    return address.is_global and not (
-        address.is_private
-        or address.is_reserved
-        or address.is_multicast
-        or address.is_link_local
-        or address.is_unspecified
-    )
-
-
-def _translated_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    if address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    if address in _NAT64:
-        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    return None
-
-
 async def _resolve(host: str, port: int) -> list[IPAddress]:
-    """The host's addresses, in resolver order, without duplicates; an IP literal as itself."""
-    try:
-        return [ipaddress.ip_address(host)]
-    except ValueError:
-        pass
+    """The name's addresses, in resolver order, without duplicates."""
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -146,43 +104,44 @@ async def _resolve(host: str, port: int) -> list[IPAddress]:
     return addresses
 
 
-async def _checked_addresses(url: httpx.URL, *, allow_loopback: bool) -> list[IPAddress]:
-    """The addresses `url` may be fetched from; FetchError (permanent) if it may not be."""
-    if url.userinfo:
-        raise _permanent("the URL carries credentials")
-    if url.scheme not in ("https", "http"):
-        raise _permanent(f"the URL scheme {url.scheme!r} is not allowed")
-    host = url.raw_host.decode("ascii")
-    if not host:
-        raise _permanent("the URL has no host")
-    port = url.port or (443 if url.scheme == "https" else 80)
-    addresses = await _resolve(host, port)
-    refused = [a for a in addresses if not address_allowed(a, allow_loopback=allow_loopback)]
-    if refused:
-        raise _permanent(f"{host} resolves to a non-public address ({refused[0]})")
-    # Plain http only to the local simulator: every address must be loopback.
-    if url.scheme == "http" and not (allow_loopback and all(a.is_loopback for a in addresses)):
-        raise _permanent("plain http is only allowed to loopback hosts")
-    return addresses
-
-
-def _pinned(url: httpx.URL, address: IPAddress) -> tuple[httpx.URL, dict[str, str], dict[str, Any]]:
-    """`url` aimed at `address`, with the headers and extensions that keep its real name."""
-    host = url.raw_host.decode("ascii")
+async def _checked_addresses(
+    url: httpx.URL, *, allow_loopback: bool
+) -> tuple[WebUrl, list[IPAddress]]:
+    """`url` checked, and the addresses it may be fetched from; FetchError (permanent) if none."""
     try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        pass
+        target = check_url(str(url), schemes=("https", "http"), allow_loopback=allow_loopback)
+    except UrlRefused as exc:
+        raise _permanent(f"the URL is refused: it {exc}") from None
+    if target.address is not None:
+        addresses = [target.address]
     else:
-        return url, {}, {}
+        addresses = await _resolve(target.host, target.port)
+        refused = [a for a in addresses if not address_allowed(a, allow_loopback=allow_loopback)]
+        if refused:
+            raise _permanent(f"{target.host} resolves to a non-public address ({refused[0]})")
+    # Plain http only to the local simulator: every address must be loopback.
+    if target.scheme == "http" and not (
+        allow_loopback and all(is_loopback_address(a) for a in addresses)
+    ):
+        raise _permanent("plain http is only allowed to loopback hosts")
+    return target, addresses
+
+
+def _pinned(
+    url: httpx.URL, target: WebUrl, address: IPAddress
+) -> tuple[httpx.URL, dict[str, str], dict[str, Any]]:
+    """`url` aimed at `address`, with the headers and extensions that keep its real name."""
+    pinned = url.copy_with(host=str(address), port=target.port)
+    if target.address is not None:
+        return pinned, {}, {}
     headers = {
-        "Host": url.netloc.decode("ascii"),
+        "Host": target.authority,
         # The connection pool keys on the address: without this, a connection opened (and
         # certificate-checked) for one name could be reused for another name on that address.
         "Connection": "close",
     }
-    extensions = {"sni_hostname": host} if url.scheme == "https" else {}
-    return url.copy_with(host=str(address)), headers, extensions
+    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+    return pinned, headers, extensions
 
 
 async def fetch_image(
@@ -227,8 +186,8 @@ async def _download(
     http: httpx.AsyncClient, url: httpx.URL, *, max_bytes: int, allow_loopback: bool
 ) -> bytes:
     for _hop in range(MAX_REDIRECTS + 1):
-        addresses = await _checked_addresses(url, allow_loopback=allow_loopback)
-        outcome = await _get_any(http, url, addresses, max_bytes=max_bytes)
+        target, addresses = await _checked_addresses(url, allow_loopback=allow_loopback)
+        outcome = await _get_any(http, url, target, addresses, max_bytes=max_bytes)
         if isinstance(outcome, bytes):
             return outcome
         url = outcome
@@ -236,13 +195,18 @@ async def _download(
 
 
 async def _get_any(
-    http: httpx.AsyncClient, url: httpx.URL, addresses: list[IPAddress], *, max_bytes: int
+    http: httpx.AsyncClient,
+    url: httpx.URL,
+    target: WebUrl,
+    addresses: list[IPAddress],
+    *,
+    max_bytes: int,
 ) -> bytes | httpx.URL:
     """GET `url` from the first of `addresses` that accepts a connection."""
     last: FetchError | None = None
     for address in addresses[:MAX_ADDRESSES_TRIED]:
         try:
-            return await _get_once(http, url, address, max_bytes=max_bytes)
+            return await _get_once(http, url, target, address, max_bytes=max_bytes)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             last = _retryable(f"could not connect to {url.host} ({address}): {_describe(exc)}")
         except httpx.UnsupportedProtocol as exc:
@@ -256,13 +220,13 @@ async def _get_any(
 
 
 async def _get_once(
-    http: httpx.AsyncClient, url: httpx.URL, address: IPAddress, *, max_bytes: int
+    http: httpx.AsyncClient, url: httpx.URL, target: WebUrl, address: IPAddress, *, max_bytes: int
 ) -> bytes | httpx.URL:
     """The body of a 2xx answer, or the next URL of a redirect; FetchError otherwise."""
-    target, headers, extensions = _pinned(url, address)
+    pinned, headers, extensions = _pinned(url, target, address)
     headers["Accept"] = "image/png, image/jpeg, image/webp, image/gif;q=0.8, */*;q=0.1"
     async with http.stream(
-        "GET", target, headers=headers, extensions=extensions, follow_redirects=False
+        "GET", pinned, headers=headers, extensions=extensions, follow_redirects=False
     ) as response:
         status = response.status_code
         if status in _REDIRECTS:

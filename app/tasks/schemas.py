@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
+import unicodedata
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -21,7 +20,7 @@ from pydantic import (
     field_validator,
 )
 
-from app.settings import is_loopback_host
+from app.urls import check_url
 
 PROMPT_MAX = 2000
 NEGATIVE_PROMPT_MAX = 500
@@ -31,9 +30,19 @@ N_MAX = 6
 SIZE_MIN, SIZE_MAX = 512, 2048
 SEED_MAX = 2_147_483_647
 METADATA_MAX_KEYS = 20
-METADATA_KEY_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+# Matched with `fullmatch`: `$` would also match before a final newline.
+METADATA_KEY_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 METADATA_VALUE_MAX = 500
-SIZE_RE = re.compile(r"^([0-9]+)x([0-9]+)$")
+SIZE_RE = re.compile(r"([0-9]+)x([0-9]+)")
+# Postgres stores neither NUL nor a lone surrogate (JSON's `"\udfff"` reads as one).
+UNSTORABLE_RE = re.compile(r"[\x00\ud800-\udfff]")
+# Default-ignorable letters and marks that draw nothing (Hangul fillers, variation
+# selectors, the combining grapheme joiner); formats (Cf) and separators are found by category.
+INVISIBLE = frozenset(
+    "\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180f\u3164\uffa0"
+    + "".join(map(chr, range(0xFE00, 0xFE10)))
+    + "".join(map(chr, range(0xE0100, 0xE01F0)))
+)
 
 EXAMPLE_CREATE: dict[str, Any] = {
     "prompt": "Replace the background with a snowy mountain range, keep the person unchanged",
@@ -49,21 +58,26 @@ EXAMPLE_CREATE: dict[str, Any] = {
 def _check_image_url(url: str) -> str:
     if len(url) > URL_MAX:
         raise ValueError(f"must be at most {URL_MAX} characters")
-    parts = urlsplit(url)
-    if parts.scheme != "https" or not parts.hostname:
-        raise ValueError("must be an absolute https:// URL")
-    if parts.username or parts.password:
-        raise ValueError("must not carry credentials")
-    host = parts.hostname
-    if is_loopback_host(host):
-        raise ValueError("must be publicly reachable (loopback hosts are refused)")
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return url
-    if not address.is_global:
-        raise ValueError("must be publicly reachable (private or reserved addresses are refused)")
+    check_url(url)  # UrlRefused is a ValueError, so its reason becomes the field's message
     return url
+
+
+def _storable(value: str) -> str:
+    found = UNSTORABLE_RE.search(value)
+    if found and found[0] == "\x00":
+        raise ValueError("must not contain NUL characters (U+0000)")
+    if found:
+        raise ValueError("must not contain unpaired surrogates (U+D800–U+DFFF)")
+    return value
+
+
+def _is_visible(char: str) -> bool:
+    if char.isspace() or char in INVISIBLE:
+        return False
+    return unicodedata.category(char) not in ("Cc", "Cf", "Zs", "Zl", "Zp")
+
+
+StorableStr = Annotated[StrictStr, AfterValidator(_storable)]
 
 
 class TaskCreate(BaseModel):
@@ -71,7 +85,7 @@ class TaskCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_CREATE]})
 
-    prompt: StrictStr = Field(
+    prompt: StorableStr = Field(
         min_length=1, max_length=PROMPT_MAX, description="What to change; at most 2000 characters."
     )
     image_urls: list[Annotated[StrictStr, AfterValidator(_check_image_url)]] = Field(
@@ -82,12 +96,12 @@ class TaskCreate(BaseModel):
     n: Annotated[StrictInt, Field(ge=1, le=N_MAX)] = Field(
         default=1, description="Number of images to produce (1–6; the provider pre-charges n)."
     )
-    size: StrictStr | None = Field(
+    size: StorableStr | None = Field(
         default=None,
         description="WIDTHxHEIGHT, each side 512–2048; only with n = 1.",
         examples=["1024x1536"],
     )
-    negative_prompt: StrictStr | None = Field(default=None, max_length=NEGATIVE_PROMPT_MAX)
+    negative_prompt: StorableStr | None = Field(default=None, max_length=NEGATIVE_PROMPT_MAX)
     prompt_extend: StrictBool = Field(
         default=True, description="Let the provider rewrite the prompt."
     )
@@ -101,7 +115,8 @@ class TaskCreate(BaseModel):
     @field_validator("prompt")
     @classmethod
     def _prompt_not_blank(cls, value: str) -> str:
-        if not value.strip():
+        # Zero-width and other format characters draw nothing: a prompt of them is blank.
+        if not any(_is_visible(char) for char in value):
             raise ValueError("must not be blank")
         return value
 
@@ -110,7 +125,7 @@ class TaskCreate(BaseModel):
     def _size(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return None
-        match = SIZE_RE.match(value)
+        match = SIZE_RE.fullmatch(value)
         if not match:
             raise ValueError("must look like 1024x1536 (WIDTHxHEIGHT, lowercase x)")
         width, height = int(match[1]), int(match[2])
@@ -121,14 +136,31 @@ class TaskCreate(BaseModel):
             raise ValueError("is only allowed when n is 1")
         return value
 
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _metadata_keys(cls, value: Any) -> Any:
+        # Keys are checked before the values: an error about a value is named after its key,
+        # and a key that is not plain ASCII must not become part of a field name.
+        if isinstance(value, dict):
+            if len(value) > METADATA_MAX_KEYS:
+                raise ValueError(f"must have at most {METADATA_MAX_KEYS} keys")
+            bad_keys = [
+                key
+                for key in value
+                if not (isinstance(key, str) and METADATA_KEY_RE.fullmatch(key))
+            ]
+            if bad_keys:
+                raise ValueError(f"keys must be 1–64 of [A-Za-z0-9_.-]: {bad_keys[:5]}")
+        return value
+
     @field_validator("metadata")
     @classmethod
     def _metadata(cls, value: dict[str, str]) -> dict[str, str]:
-        if len(value) > METADATA_MAX_KEYS:
-            raise ValueError(f"must have at most {METADATA_MAX_KEYS} keys")
-        bad_keys = [key for key in value if not METADATA_KEY_RE.match(key)]
-        if bad_keys:
-            raise ValueError(f"keys must be 1–64 of [A-Za-z0-9_.-]: {bad_keys[:5]}")
+        unstorable = [key for key, item in value.items() if UNSTORABLE_RE.search(item)]
+        if unstorable:
+            raise ValueError(
+                f"values must not contain NUL characters or unpaired surrogates: {unstorable[:5]}"
+            )
         long_values = [key for key, item in value.items() if len(item) > METADATA_VALUE_MAX]
         if long_values:
             raise ValueError(

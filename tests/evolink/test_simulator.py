@@ -352,6 +352,10 @@ async def test_secure_callback_rules_when_insecure_callbacks_are_off(start_sim: 
         "https://localhost:8443/cb",
         "https://2130706433/cb",
         "https://127.1/cb",
+        "https://localhost./cb",
+        "https://\uff4c\uff4f\uff43\uff41\uff4c\uff48\uff4f\uff53\uff54/cb",
+        "https://[64:ff9b::7f00:1]/cb",
+        "https://[2002:7f00:1::]/cb",
     ):
         body = {**VALID, "callback_url": url}
         response = await sim.http.post("/v1/images/generations", json=body)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
-import socket
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
+
+from app.urls import UrlRefused, check_url
 
 MODEL = "qwen-image-edit-plus"
 MAX_PROMPT = 2000
@@ -150,33 +150,18 @@ def check_callback_url(url: Any, *, allow_insecure: bool) -> None:
         raise Invalid(f"callback_url must be at most {MAX_CALLBACK_URL} characters", "callback_url")
     if allow_insecure:
         return
-    parts = urlsplit(url)
-    if parts.scheme != "https":
+    if urlsplit(url).scheme != "https":
         raise Invalid("callback_url must use HTTPS", "callback_url")
-    host = (parts.hostname or "").rstrip(".").lower()
-    if host == "localhost" or host.endswith(".localhost") or _is_internal_ip(host):
-        raise Invalid(
-            "callback_url must not point at internal, private or loopback addresses",
-            "callback_url",
-        )
-
-
-def _is_internal_ip(host: str) -> bool:
-    """True for IP literals outside the public internet, shorthand IPv4 forms included.
-
-    No DNS lookup is made: like the provider's documented rule, this judges the URL as
-    written (`127.1` and `2130706433` are the loopback address too).
-    """
+    # edithook's own rule for URLs: the host is read as a resolver reads it (`127.1`,
+    # `localhost.`, full-width letters, NAT64 and 6to4 forms of loopback are all refused).
     try:
-        address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(host)
-    except ValueError:
-        try:
-            address = ipaddress.IPv4Address(socket.inet_aton(host))
-        except OSError:
-            return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return not address.is_global or address.is_multicast
+        check_url(url)
+    except UrlRefused:
+        raise Invalid(
+            "callback_url must be a well-formed URL not pointing at internal, private or "
+            "loopback addresses",
+            "callback_url",
+        ) from None
 
 
 def parse_directives(prompt: str) -> Directives:
