@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+from helpers import ALPHA_KEY
+
+if TYPE_CHECKING:
+    from conftest import Service
 
 PROBLEM_REFS = {"#/components/schemas/Problem", "#/components/schemas/ValidationProblem"}
 
@@ -73,3 +82,40 @@ async def test_listing_bounds_are_rfc_3339_date_times_with_an_offset(
     for value in ("2026-11-24T05:14:44Z", "2026-11-24t05:14:44.123+02:00"):
         answer = await api.get("/v1/tasks", params={"created_after": value})
         assert answer.status_code == 200, (value, answer.text)
+
+
+async def test_a_bounded_schemathesis_run_finds_nothing(service: Service, clean_db: None) -> None:
+    """Every check of schemathesis, over every phase, against the live service: no failure."""
+    st = Path(sys.executable).parent / "st"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).parent),
+        "SCHEMATHESIS_HOOKS": "schemathesis_hooks",
+    }
+    process = await asyncio.create_subprocess_exec(
+        str(st),
+        "--config-file",
+        str(Path(__file__).parent / "schemathesis.toml"),
+        "run",
+        f"{service.url}/openapi.json",
+        "--header",
+        f"Authorization: Bearer {ALPHA_KEY}",
+        "--checks",
+        "all",
+        "--max-examples",
+        "25",
+        "--seed",
+        "20261202",
+        "--workers",
+        "1",
+        "--request-timeout",
+        "30",
+        "--generation-database",
+        "none",
+        "--no-color",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await process.communicate()
+    assert process.returncode == 0, output.decode(errors="replace")
