@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from app.logs import UVICORN_LOG_CONFIG, configure_logging
+from app.logs import UVICORN_LOG_CONFIG, LogFormat, configure_logging
 from app.settings import ConfigError, Settings
 
 DEV_API_KEYS = "dev:dev-key"
@@ -46,7 +46,7 @@ def serve() -> int:
 
     from app.main import create_app
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format or "json")
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -61,7 +61,7 @@ def serve() -> int:
 def worker() -> int:
     """The production worker process."""
     settings = _production_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format or "json")
     asyncio.run(_run_worker(settings))
     return 0
 
@@ -83,7 +83,7 @@ def migrate() -> int:
     settings = _load_settings()
     if not settings.database_url:
         return _fail(["EDITHOOK_DATABASE_URL is not set (postgresql://user:pass@host/db)"])
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format or "text")
     from app.migrate import upgrade
 
     upgrade(settings.database_url)
@@ -188,7 +188,8 @@ def _print_banner(settings: Settings, api_url: str, database_url: str, data_dir:
 
 def dev(data_dir: Path) -> int:
     """Everything on one machine with no set-up: embedded Postgres, the simulator, the API."""
-    configure_logging(os.environ.get("EDITHOOK_LOG_LEVEL", "info"))
+    log_format: LogFormat = "json" if os.environ.get("EDITHOOK_LOG_FORMAT") == "json" else "text"
+    configure_logging(os.environ.get("EDITHOOK_LOG_LEVEL", "info"), log_format)
     asyncio.run(_run_dev(data_dir))
     return 0
 

@@ -63,6 +63,9 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_recycle=1800,
+        # An error's text leaves out the statement's parameters: they are clients' prompts
+        # and metadata, and errors reach logs (a job's failure is logged with its traceback).
+        hide_parameters=True,
     )
 
 

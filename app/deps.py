@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import structlog
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import Unauthorized
 from app.resources import Resources
+from app.security import ApiKeys
 
 _bearer = HTTPBearer(auto_error=False, description="A client key from EDITHOOK_API_KEYS.")
 
@@ -38,17 +40,33 @@ async def get_session(resources: ResourcesDep) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
-async def get_caller(
-    resources: ResourcesDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> str:
-    """The name of the client whose key the request carries."""
-    challenge = {"WWW-Authenticate": "Bearer"}
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise Unauthorized("Send `Authorization: Bearer <key>`.", headers=challenge)
-    client = resources.api_keys.client_for(credentials.credentials)
+CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+def authenticate(api_keys: ApiKeys, authorization: str | None) -> str:
+    """The client whose key an `Authorization` header carries; raises Unauthorized if none."""
+    scheme, _, key = (authorization or "").partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
+        raise Unauthorized("Send `Authorization: Bearer <key>`.", headers=CHALLENGE)
+    client = api_keys.client_for(key)
     if client is None:
-        raise Unauthorized("The key is not valid.", headers=challenge)
+        raise Unauthorized("The key is not valid.", headers=CHALLENGE)
+    return client
+
+
+async def get_caller(
+    request: Request,
+    resources: ResourcesDep,
+    # Declared for the OpenAPI document's security scheme; the header is read as it came.
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """The name of the client whose key the request carries; it and the task go in the logs."""
+    client = authenticate(resources.api_keys, request.headers.get("authorization"))
+    task_id = request.path_params.get("task_id")
+    structlog.contextvars.bind_contextvars(client=client)
+    if task_id is not None:
+        structlog.contextvars.bind_contextvars(task_id=task_id)
     return client
 
 

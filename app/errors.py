@@ -3,18 +3,33 @@
 from __future__ import annotations
 
 import logging
+import traceback
+from collections.abc import Mapping
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import iter_route_contexts
+from psycopg_pool import PoolTimeout
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as EnginePoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from app.db import LOST_CONNECTION_CLASSES, DirectUnavailable
+
 logger = logging.getLogger("edithook")
+
+# How long a client should wait before retrying a request that met a database outage.
+RETRY_AFTER_SECONDS = 1
+# SQLSTATE classes that mean "no database to talk to" rather than "this statement failed":
+# the lost-connection ones, and insufficient resources (too many connections).
+OUTAGE_CLASSES = (*LOST_CONNECTION_CLASSES, "53")
+_PACKAGE = Path(__file__).resolve().parent
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_BASE = "tag:edithook,2026:problem/"
@@ -66,6 +81,19 @@ class Unprocessable(ProblemError):
 
 class ServiceUnavailable(ProblemError):
     status, slug, title = 503, "unavailable", "Service unavailable"
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """A request body is over its route's limit: raised by the body's reader, never read on.
+
+    An HTTPException so that FastAPI's body parsing passes it on as it is (it turns other
+    errors of reading into 400s); rendered as a `payload-too-large` problem.
+    """
+
+    def __init__(self, limit: int, size: int) -> None:
+        super().__init__(413, f"The body is over {limit} bytes.")
+        self.limit = limit
+        self.size = size
 
 
 def problem(
@@ -129,6 +157,75 @@ def allowed_methods(app: FastAPI, request: Request) -> list[str]:
     return sorted(methods)
 
 
+def database_outage(exc: BaseException) -> bool:
+    """True when `exc`, or an error it was raised from, says the database cannot be reached."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, DirectUnavailable | EnginePoolTimeout | PoolTimeout):
+            return True
+        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
+            return True
+        if isinstance(seen, psycopg.OperationalError | psycopg.InterfaceError):
+            return seen.sqlstate is None or seen.sqlstate.startswith(OUTAGE_CLASSES)
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _kinds(exc: BaseException) -> str:
+    """`exc`'s type and the types it was raised from: "OperationalError < OperationalError"."""
+    names: list[str] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(names) < 4:
+        names.append(type(seen).__name__)
+        seen = seen.__cause__ or seen.__context__
+    return " < ".join(names)
+
+
+def _where(exc: BaseException) -> str:
+    """The innermost line of edithook's own code that the error passed through."""
+    frames = [
+        frame
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if Path(frame.filename).resolve().is_relative_to(_PACKAGE)
+    ]
+    if not frames:
+        return "outside edithook's code"
+    frame = frames[-1]
+    path = Path(frame.filename).resolve().relative_to(_PACKAGE.parent)
+    return f"{path}:{frame.lineno} in {frame.name}"
+
+
+def _route(scope: Mapping[str, Any]) -> str:
+    route = scope.get("route")
+    return f"{scope.get('method')} {getattr(route, 'path', None) or scope.get('path')}"
+
+
+def unexpected(scope: Mapping[str, Any], exc: BaseException) -> JSONResponse:
+    """The 500 for an error nothing else handled, and its one log line.
+
+    The line names the error's types, the route and the code it came from; never its message
+    or traceback text, which carry SQL parameters and so the client's prompts and metadata.
+    """
+    logger.error("unhandled %s on %s at %s", _kinds(exc), _route(scope), _where(exc))
+    return problem(500, detail="An unexpected error occurred; it has been logged.")
+
+
+def outage(scope: Mapping[str, Any], exc: BaseException) -> JSONResponse:
+    """The 503 for a request that met a database outage, and its one log line."""
+    logger.error("database unavailable on %s (%s)", _route(scope), _kinds(exc))
+    lost = isinstance(exc, DBAPIError) and exc.connection_invalidated
+    return problem(
+        503,
+        slug=ServiceUnavailable.slug,
+        title=ServiceUnavailable.title,
+        # A lost connection has been discarded with its pool: a retry has a fair chance.
+        detail="The database connection was lost; retry."
+        if lost
+        else "The database is unavailable; retry.",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Make every error, expected or not, leave as problem details."""
 
@@ -164,22 +261,24 @@ def install_error_handlers(app: FastAPI) -> None:
             headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(app, request))}
         return problem(exc.status_code, detail=detail, headers=headers)
 
-    @app.exception_handler(DBAPIError)
-    async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
-        if not exc.connection_invalidated:
-            return await _unexpected(request, exc)
-        # A connection lost to a Postgres restart or outage. The engine has discarded its
-        # pooled connections, so the client's retry has a fair chance.
-        logger.error("database connection lost on %s %s", request.method, request.url.path)
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
         return problem(
-            503,
-            slug=ServiceUnavailable.slug,
-            title=ServiceUnavailable.title,
-            detail="The database connection was lost; retry.",
-            headers={"Retry-After": "1"},
+            413,
+            slug=PayloadTooLarge.slug,
+            title=PayloadTooLarge.title,
+            detail=str(exc.detail),
         )
+
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
+        if database_outage(exc):
+            return outage(request.scope, exc)
+        return unexpected(request.scope, exc)
+
+    for kind in (DBAPIError, EnginePoolTimeout, psycopg.Error, DirectUnavailable):
+        app.add_exception_handler(kind, _database)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s %s", request.method, request.scope.get("route"))
-        return problem(500, detail="An unexpected error occurred; it has been logged.")
+        # Reached only by errors outside the edge middleware, which answers the rest itself.
+        return unexpected(request.scope, exc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
@@ -12,6 +13,7 @@ from sqlalchemy import text
 from app import __doc__ as about
 from app.callbacks.routes import router as callbacks_router
 from app.deps import ResourcesDep
+from app.edge import RequestEdge
 from app.errors import install_error_handlers
 from app.metrics import router as metrics_router
 from app.openapi import install_openapi
@@ -19,6 +21,8 @@ from app.resources import Resources, open_resources
 from app.results.routes import router as results_router
 from app.settings import Settings
 from app.tasks.routes import router as tasks_router
+
+REQUEST_ID_HEADER = "X-Request-ID"
 
 DESCRIPTION = """
 Internal services create **qwen-image-edit-plus** edit tasks here; edithook submits them to
@@ -28,6 +32,11 @@ result images.
 Authenticate with `Authorization: Bearer <key>`; a client sees only its own tasks. Errors are
 RFC 9457 problem details (`application/problem+json`).
 """
+
+
+def _acceptable_request_id(value: str) -> bool:
+    """A caller's request id is kept if it is short printable ASCII; otherwise one is made."""
+    return len(value) <= 128 and value.isascii() and value.isprintable()
 
 
 def create_app(settings: Settings | None = None, resources: Resources | None = None) -> FastAPI:
@@ -44,7 +53,11 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
             app.state.resources = opened
             yield
 
-    if settings is None and resources is None:
+    if settings is not None:
+        limits = settings
+    elif resources is not None:
+        limits = resources.settings
+    else:
         raise ValueError("create_app needs settings or resources")
     app = FastAPI(
         title="edithook",
@@ -57,6 +70,15 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
     )
     install_error_handlers(app)
     install_openapi(app)
+    # Added last, runs first: every answer, the edge's own included, carries a request id.
+    app.add_middleware(
+        RequestEdge,
+        rest_limit=limits.rest_max_body_bytes,
+        callback_limit=limits.callback_max_body_bytes,
+    )
+    app.add_middleware(
+        CorrelationIdMiddleware, header_name=REQUEST_ID_HEADER, validator=_acceptable_request_id
+    )
     # Callbacks first: routes are matched in order, and they are most of the traffic.
     app.include_router(callbacks_router)
     app.include_router(tasks_router)

@@ -1,11 +1,15 @@
-"""Caller authentication and per-task callback tokens."""
+"""Caller authentication and per-task callback tokens, and keeping those tokens out of text."""
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
+import re
 import uuid
+
+REDACTED = "[redacted]"
 
 
 class ApiKeys:
@@ -42,3 +46,29 @@ def token_matches(secret: str, task_id: uuid.UUID, token: str) -> bool:
 
 def callback_path(task_id: uuid.UUID, token: str) -> str:
     return f"/v1/callbacks/evolink/{task_id}/{token}"
+
+
+def scrub_token(text: str, token: str | None) -> str:
+    """`text` with every form of the callback `token` replaced by REDACTED.
+
+    The provider may quote our callback URL, raw or percent-encoded, or the token alone,
+    in an error. A base64url token keeps its characters in all of those (they are all
+    unreserved), and with `=` padding it still starts with them; its standard base64 twin
+    (`+` and `/` for `-` and `_`) may be percent-encoded, once or more. All are matched.
+    """
+    if not token or not text:
+        return text
+    # Most texts hold no part of it: one substring search decides, before any regex.
+    if _longest_plain_run(token) not in text:
+        return text
+    return _token_forms(token).sub(REDACTED, text)
+
+
+def _longest_plain_run(token: str) -> str:
+    return max(re.split(r"[-_]", token), key=len)
+
+
+@functools.lru_cache(maxsize=1024)
+def _token_forms(token: str) -> re.Pattern[str]:
+    alternatives = {"-": r"(?:-|\+|%(?:25)*2[Bb])", "_": r"(?:_|/|%(?:25)*2[Ff])"}
+    return re.compile("".join(alternatives.get(char, re.escape(char)) for char in token))

@@ -58,8 +58,13 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"  # noqa: S104 - a container's service listens on all interfaces
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # One JSON object a line, or text for a person; unset, `serve` and `worker` log JSON and
+    # `dev` text.
+    log_format: Literal["json", "text"] | None = None
     db_pool_size: int = Field(default=10, ge=1, le=200)
     callback_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # The largest body the client API reads; a task is a few kilobytes.
+    rest_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     provider_connect_timeout_seconds: float = Field(default=5.0, gt=0)
     provider_read_timeout_seconds: float = Field(default=30.0, gt=0)
     # A create the provider certainly did not act on is retried, with backoff, this many times.

@@ -11,7 +11,7 @@ from psycopg import Error as DriverError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from app.callbacks.service import chosen_headers, record_callback
-from app.errors import BadRequest, NotFound, PayloadTooLarge, ServiceUnavailable
+from app.errors import BadRequest, BodyTooLarge, NotFound, PayloadTooLarge, ServiceUnavailable
 from app.resources import Resources
 from app.security import token_matches
 from app.tasks.lifecycle import EventOutcome
@@ -21,18 +21,20 @@ logger = logging.getLogger("edithook.callbacks")
 router = APIRouter(tags=["callbacks"])
 
 
-async def read_limited(request: Request, limit: int) -> tuple[bytes | None, int]:
-    """The body, or None with the size seen once it is over `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        return None, int(declared)
+async def read_limited(request: Request) -> tuple[bytes | None, int]:
+    """The body, or None with its size once it is over the route's limit.
+
+    The limit is the edge's (`app.edge`): the body's reader raises BodyTooLarge at once for a
+    declared length over it, or as soon as a streamed body passes it.
+    """
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None, size
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            chunks.append(chunk)
+    except BodyTooLarge as exc:
+        return None, exc.size
     return b"".join(chunks), size
 
 
@@ -64,7 +66,7 @@ async def receive_evolink_callback(task_id: str, token: str, request: Request) -
         raise NotFound() from None
     if not token_matches(resources.settings.callback_secret.get_secret_value(), parsed_id, token):
         raise NotFound()
-    body, size = await read_limited(request, resources.settings.callback_max_body_bytes)
+    body, size = await read_limited(request)
     headers = chosen_headers(request.headers, request.client.host if request.client else None)
     try:
         outcome = await record_callback(
@@ -74,6 +76,7 @@ async def receive_evolink_callback(task_id: str, token: str, request: Request) -
             body,
             headers,
             oversize_bytes=None if body is not None else size,
+            token=token,
         )
     except (OperationalError, InterfaceError, DBAPIError, DriverError, OSError) as exc:
         logger.error("could not record a callback for task %s: %s", parsed_id, type(exc).__name__)

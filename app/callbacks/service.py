@@ -7,17 +7,19 @@ the task is not in the state they assume — takes the careful path under a row 
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 from pydantic import ValidationError
+from pydantic_core import from_json
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.callbacks.bodies import stored_body
 from app.db import DirectUnavailable, transaction
-from app.evolink.schemas import ProviderTask
+from app.evolink.schemas import SCRUB, ProviderTask, storable_text
+from app.security import scrub_token
 from app.tasks import direct
 from app.tasks.lifecycle import EventKind, EventOutcome
 from app.tasks.transitions import Verdict, apply_verdict, find_locked, observe
@@ -35,19 +37,33 @@ def chosen_headers(headers: Any, client_host: str | None) -> dict[str, str]:
     return kept
 
 
-def parse_body(body: bytes) -> ProviderTask | str:
-    """The task object a callback carries, or the reason it cannot be read."""
+def parse_body(body: bytes, token: str | None = None) -> ProviderTask | str:
+    """The task object a callback carries, or the reason it cannot be read.
+
+    The parser is strict and bounded, so that no body costs more than reading it: nesting
+    deeper than 200, integers longer than 4,300 digits (Python's own limit), NaN and
+    Infinity (not JSON) and unpaired surrogates (not Unicode) are refused. A NUL or an
+    overflowing number in a valid body is made storable by ProviderTask instead, and any
+    form of `token` in its strings scrubbed.
+    """
     try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return f"body is not JSON: {exc}"
+        document = from_json(body, allow_inf_nan=False)
+    except ValueError as exc:
+        return storable_text(f"body is not JSON: {exc}")
     if not isinstance(document, dict):
         return "body is not a JSON object"
     try:
-        return ProviderTask.model_validate(document)
+        return ProviderTask.model_validate(document, context={SCRUB: token})
     except ValidationError as exc:
         fields = ", ".join(".".join(map(str, e["loc"])) or "body" for e in exc.errors())
-        return f"body is not a task object (bad or missing: {fields})"
+        return storable_text(f"body is not a task object (bad or missing: {fields})")
+
+
+def _without_token(body: bytes, token: str) -> bytes:
+    """`body` with every form of `token` scrubbed; its other bytes, valid UTF-8 or not, kept."""
+    text = body.decode("utf-8", errors="surrogateescape")
+    scrubbed = scrub_token(text, token)
+    return body if scrubbed is text else scrubbed.encode("utf-8", errors="surrogateescape")
 
 
 async def record_callback(
@@ -58,6 +74,7 @@ async def record_callback(
     headers: dict[str, str],
     *,
     oversize_bytes: int | None = None,
+    token: str | None = None,
 ) -> EventOutcome | None:
     """Record one delivery for `task_id`, apply it, and say what it did (the event's outcome);
     None when there is no such task.
@@ -65,12 +82,17 @@ async def record_callback(
     `body` is None when it was refused for its size (`oversize_bytes` says how large it was
     claimed or read to be); such a delivery and an unreadable one are recorded as rejected.
     With `pool`, a terminal callback first tries the one-statement path. Returns once the
-    event and any transition are committed.
+    event and any transition are committed. No form of `token` (the callback URL's) is
+    kept: the provider may quote its callback URL in an error.
     """
+    if body is not None and token:
+        body = _without_token(body, token)
     parsed = (
-        parse_body(body) if body is not None else f"body over the limit ({oversize_bytes} bytes)"
+        parse_body(body, token)
+        if body is not None
+        else f"body over the limit ({oversize_bytes} bytes)"
     )
-    raw = body.decode("utf-8", errors="replace") if body is not None else None
+    raw = stored_body(body) if body is not None else None
     if pool is not None and raw is not None and isinstance(parsed, ProviderTask):
         try:
             written = await direct.settle_by_callback(

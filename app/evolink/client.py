@@ -21,7 +21,14 @@ from urllib.parse import quote
 import httpx
 from pydantic import ValidationError
 
-from app.evolink.schemas import CreateRequest, ProviderErrorBody, ProviderTask
+from app.evolink.schemas import (
+    SCRUB,
+    CreateRequest,
+    ProviderErrorBody,
+    ProviderTask,
+    storable_text,
+)
+from app.security import scrub_token
 
 logger = logging.getLogger("edithook.evolink")
 
@@ -124,6 +131,7 @@ class EvoLinkClient:
         """
         body = json.dumps(request.to_wire()).encode()
         url = f"{self._base_url}/v1/images/generations"
+        hide = _token_of(request.callback_url)
         try:
             response = await self._http.post(url, content=body, headers=self._headers)
         except _NOT_SENT as exc:
@@ -135,11 +143,11 @@ class EvoLinkClient:
             raise _transport_error(exc, "ambiguous") from exc
         logger.debug("create answered HTTP %s", response.status_code)
         if response.is_success:
-            task = _task_or_none(response)
+            task = _task_or_none(response, hide)
             if task is None or not task.id:
                 raise EvoLinkError(
                     f"create answered HTTP {response.status_code} without a task object: "
-                    + _hidden(_snippet(response.text), request.callback_url),
+                    + _snippet(response.text, hide),
                     outcome="ambiguous",
                     status_code=response.status_code,
                 )
@@ -152,10 +160,13 @@ class EvoLinkClient:
             outcome = "retryable"
         else:
             outcome = "permanent"
-        raise _http_error(response, outcome, hide=request.callback_url)
+        raise _http_error(response, outcome, hide=hide)
 
-    async def get_task(self, provider_task_id: str) -> ProviderTask:
+    async def get_task(self, provider_task_id: str, *, hide: str | None = None) -> ProviderTask:
         """GET {base}/v1/tasks/{id}; the task as the provider sees it now.
+
+        `hide` is the task's callback token: no form of it is left in what this returns or
+        raises (a create hides the token of its `callback_url` the same way).
 
         Raises EvoLinkError: 4xx (including 404 `task_not_found`) is permanent except 408 and
         429; everything else (transport errors, 5xx, an unreadable 2xx) is retryable, since
@@ -172,23 +183,28 @@ class EvoLinkClient:
             raise _transport_error(exc, "retryable") from exc
         logger.debug("get answered HTTP %s", response.status_code)
         if response.is_success:
-            task = _task_or_none(response)
+            task = _task_or_none(response, hide)
             if task is None:
                 raise EvoLinkError(
                     f"get answered HTTP {response.status_code} without a task object: "
-                    + _snippet(response.text),
+                    + _snippet(response.text, hide),
                     outcome="retryable",
                     status_code=response.status_code,
                 )
             return task
         status = response.status_code
         retryable = status in (408, 429) or status >= 500
-        raise _http_error(response, "retryable" if retryable else "permanent")
+        raise _http_error(response, "retryable" if retryable else "permanent", hide=hide)
 
 
-def _task_or_none(response: httpx.Response) -> ProviderTask | None:
+def _token_of(callback_url: str | None) -> str | None:
+    """The secret in our callback URL: its last path segment (app.security.callback_path)."""
+    return callback_url.rstrip("/").rsplit("/", 1)[-1] if callback_url else None
+
+
+def _task_or_none(response: httpx.Response, hide: str | None) -> ProviderTask | None:
     try:
-        return ProviderTask.model_validate_json(response.content)
+        return ProviderTask.model_validate_json(response.content, context={SCRUB: hide})
     except ValidationError:
         return None
 
@@ -204,8 +220,7 @@ def _http_error(
     response: httpx.Response, outcome: Outcome, *, hide: str | None = None
 ) -> EvoLinkError:
     """An EvoLinkError from a non-2xx answer, with its envelope read as far as it goes."""
-    error, message = _read_envelope(response)
-    message = _hidden(message, hide)
+    error, message = _read_envelope(response, hide)
     retry_after = parse_retry_after(response.headers.get("retry-after"))
     if retry_after is None and error is not None and error.fallback_suggestion:
         retry_after = parse_suggestion(error.fallback_suggestion)
@@ -220,37 +235,37 @@ def _http_error(
     )
 
 
-def _read_envelope(response: httpx.Response) -> tuple[ProviderErrorBody | None, str]:
-    """The `error` object (if the body has one) and the best message the body offers."""
+def _read_envelope(
+    response: httpx.Response, hide: str | None
+) -> tuple[ProviderErrorBody | None, str]:
+    """The `error` object (if the body has one) and the best message the body offers, both
+    without any form of the token `hide`."""
     fallback = f"HTTP {response.status_code} {response.reason_phrase}".strip()
     try:
         document = json.loads(response.content)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None, _snippet(response.text) or fallback
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError):
+        return None, _snippet(response.text, hide) or fallback
     if isinstance(document, dict):
         raw = document.get("error")
         if isinstance(raw, dict):
             try:
-                error = ProviderErrorBody.model_validate(raw)
+                error = ProviderErrorBody.model_validate(raw, context={SCRUB: hide})
             except ValidationError:
                 error = None
             if error is not None:
-                return error, _snippet(error.message or "") or error.code_str or fallback
+                return error, _snippet(error.message or "", hide) or error.code_str or fallback
         if isinstance(raw, str) and raw:
-            return None, _snippet(raw)
+            return None, _snippet(raw, hide)
         for key in ("message", "detail", "msg"):
             if isinstance(document.get(key), str) and document[key]:
-                return None, _snippet(document[key])
-    return None, _snippet(response.text) or fallback
+                return None, _snippet(document[key], hide)
+    return None, _snippet(response.text, hide) or fallback
 
 
-def _hidden(text: str, callback_url: str | None) -> str:
-    """`text` without `callback_url`: a provider may quote it, and it carries our secret."""
-    return text.replace(callback_url, "<callback_url>") if callback_url else text
-
-
-def _snippet(text: str) -> str:
-    text = text.strip()
+def _snippet(text: str, hide: str | None) -> str:
+    """`text` as a message we may store, log and show: without any form of the token `hide`
+    (scrubbed before cutting, so no piece of it survives either), storable, bounded."""
+    text = storable_text(scrub_token(text, hide)).strip()
     return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 1] + "…"
 
 

@@ -4,14 +4,23 @@ Parsing is lenient on purpose: the provider's documented shapes have changed ove
 (string versus integer error codes, new and dropped fields), so unknown fields are ignored,
 every optional field may be missing, and `status` stays a plain string so that a status we
 have never seen still parses and can be judged by the caller.
+
+What the provider says is stored, so every string and JSON value kept from it is made
+storable as it is read: NUL and unpaired surrogates (which Postgres refuses in text and
+JSONB) become U+FFFD, and non-finite numbers (which JSONB refuses) become null. Validated
+with the context `{SCRUB: token}`, every form of that callback token is scrubbed from them
+too (app.security.scrub_token): the provider may quote our callback URL in an error.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationInfo
+
+from app.security import scrub_token
 
 MODEL_NAME: Final = "qwen-image-edit-plus"
 
@@ -35,6 +44,49 @@ TERMINAL_STATUSES: Final = (STATUS_COMPLETED, STATUS_FAILED, STATUS_CANCELLED)
 ERROR_REQUEST_CANCELLED: Final = "request_cancelled"
 
 
+# NUL, and surrogates left unpaired (a JSON "\\ud800" decodes to one): Postgres refuses both.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable_text(value: str) -> str:
+    """`value` with NUL and unpaired surrogates replaced by U+FFFD."""
+    return _UNSTORABLE.sub("\ufffd", value)
+
+
+def storable_json(value: Any, token: str | None = None) -> Any:
+    """`value` as JSONB accepts it: strings (keys too) made storable and free of `token`,
+    NaN and infinities null."""
+    if isinstance(value, str):
+        return scrub_token(storable_text(value), token)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {
+            scrub_token(storable_text(str(key)), token): storable_json(item, token)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [storable_json(item, token) for item in value]
+    return value
+
+
+# The validation context key naming a callback token to scrub from what is read.
+SCRUB: Final = "scrub"
+
+
+def _scrubbed_token(info: ValidationInfo) -> str | None:
+    token = info.context.get(SCRUB) if isinstance(info.context, dict) else None
+    return token if isinstance(token, str) else None
+
+
+def _storable_str(value: str, info: ValidationInfo) -> str:
+    return scrub_token(storable_text(value), _scrubbed_token(info))
+
+
+def _storable_json(value: dict[str, Any], info: ValidationInfo) -> Any:
+    return storable_json(value, _scrubbed_token(info))
+
+
 def _lenient_int(value: Any) -> Any:
     """Floats and numeric strings become ints; anything unreadable becomes None."""
     if value is None or isinstance(value, bool):
@@ -51,13 +103,15 @@ def _lenient_float(value: Any) -> float | None:
         return None
     try:
         number = float(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # an integer of hundreds of digits overflows
         return None
     return number if math.isfinite(number) else None
 
 
 LenientInt = Annotated[int | None, BeforeValidator(_lenient_int)]
 LenientFloat = Annotated[float | None, BeforeValidator(_lenient_float)]
+StorableStr = Annotated[str, AfterValidator(_storable_str)]
+StorableJson = Annotated[dict[str, Any], AfterValidator(_storable_json)]
 
 
 class _Lenient(BaseModel):
@@ -71,11 +125,11 @@ class ProviderErrorBody(_Lenient):
     status in the older envelope; `code_str` gives either as a string.
     """
 
-    code: str | int | None = None
-    message: str | None = None
-    type: str | None = None
-    param: str | None = None
-    fallback_suggestion: str | None = None
+    code: StorableStr | int | None = None
+    message: StorableStr | None = None
+    type: StorableStr | None = None
+    param: StorableStr | None = None
+    fallback_suggestion: StorableStr | None = None
 
     @property
     def code_str(self) -> str | None:
@@ -93,14 +147,14 @@ class ProviderTask(_Lenient):
     `results` (image URLs, valid for 24 h) is present once completed; `error` once failed.
     """
 
-    id: str
-    status: str
+    id: StorableStr
+    status: StorableStr
     progress: LenientInt = None
     created: LenientInt = None
-    model: str | None = None
+    model: StorableStr | None = None
     task_info: TaskInfo | None = None
-    usage: dict[str, Any] | None = None
-    results: list[str] | None = None
+    usage: StorableJson | None = None
+    results: list[StorableStr] | None = None
     error: ProviderErrorBody | None = None
 
     @property

@@ -6,24 +6,29 @@ import uuid
 from datetime import timedelta
 
 import procrastinate
+import structlog
 
 from app import jobs
 from app.jobs import JobRetry, RetryLater, resources_of
 from app.results.service import store_task_results
+from app.security import callback_token
 
 
 async def store_results_job(context: procrastinate.JobContext, task_id: str) -> None:
+    structlog.contextvars.bind_contextvars(task_id=task_id)
     resources = resources_of(context)
     settings = resources.settings
+    task = uuid.UUID(task_id)
     report = await store_task_results(
         resources.sessions,
         resources.evolink,
         resources.storage,
         resources.download_http,
-        uuid.UUID(task_id),
+        task,
         max_bytes=settings.result_max_bytes,
         allow_loopback=resources.provider_on_loopback,
         link_ttl=timedelta(hours=settings.result_link_ttl_hours),
+        callback_token=callback_token(settings.callback_secret.get_secret_value(), task),
     )
     if report.retry_in is not None:
         raise RetryLater(f"{report.pending} result(s) not stored yet", report.retry_in)

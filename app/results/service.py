@@ -26,6 +26,7 @@ from app.notify import notify_task_changed
 from app.results.fetch import FetchError, fetch_image
 from app.results.storage import ResultStorage, StorageError
 from app.tasks.lifecycle import EventKind, EventOutcome, ResultStatus, TaskStatus
+from app.tasks.transitions import result_limit
 
 LINK_TTL: Final = timedelta(hours=24)
 # The least wait before asking the provider again when it could not confirm the results.
@@ -66,6 +67,8 @@ class _Run:
     deadline: datetime
     max_bytes: int
     allow_loopback: bool
+    result_limit: int
+    callback_token: str | None
 
     def expired(self) -> bool:
         return datetime.now(UTC) >= self.deadline
@@ -96,6 +99,7 @@ async def store_task_results(
     max_bytes: int,
     allow_loopback: bool,
     link_ttl: timedelta = LINK_TTL,
+    callback_token: str | None = None,
 ) -> StoreReport:
     """Copy the pending result images of the completed task `task_id` into `storage`.
 
@@ -109,15 +113,23 @@ async def store_task_results(
     marked `stored`. A permanent failure marks the row `failed`; a retryable one leaves it
     `pending` with `error` set and sets `retry_in`, until `finished_at + link_ttl`, after
     which it is `failed` too. When no row is left pending, the transaction that settled
-    the last one notifies the task's waiters (`app.notify`).
+    the last one notifies the task's waiters (`app.notify`). No form of `callback_token`
+    is kept from the provider's answers.
     """
     report = StoreReport()
     facts = await _load(sessions, task_id)
     if facts is None:
         return report
-    provider_task_id, finished_at = facts
+    provider_task_id, finished_at, limit = facts
     run = _Run(
-        task_id, provider_task_id, finished_at, finished_at + link_ttl, max_bytes, allow_loopback
+        task_id,
+        provider_task_id,
+        finished_at,
+        finished_at + link_ttl,
+        max_bytes,
+        allow_loopback,
+        limit,
+        callback_token,
     )
     for target in await _confirm(sessions, evolink, run, report):
         await _store_one(sessions, storage, http, run, target, report)
@@ -126,8 +138,9 @@ async def store_task_results(
 
 async def _load(
     sessions: async_sessionmaker[AsyncSession], task_id: uuid.UUID
-) -> tuple[str, datetime] | None:
-    """The task's provider id and completion time, or None when there is nothing to do."""
+) -> tuple[str, datetime, int] | None:
+    """The task's provider id, completion time and result limit (its n), or None when there
+    is nothing to do."""
     async with sessions() as session:
         row = (
             await session.execute(
@@ -137,6 +150,7 @@ async def _load(
                     func.coalesce(Task.finished_at, Task.updated_at),
                     func.count(TaskResult.id),
                     func.count(TaskResult.id).filter(TaskResult.status == _PENDING),
+                    Task.request,
                 )
                 .outerjoin(TaskResult, TaskResult.task_id == Task.id)
                 .where(Task.id == task_id)
@@ -145,14 +159,14 @@ async def _load(
         ).one_or_none()
     if row is None:
         return None
-    status, provider_task_id, finished_at, total, pending = row
+    status, provider_task_id, finished_at, total, pending, request = row
     if status != TaskStatus.COMPLETED or not provider_task_id:
         return None
     # A completed task without result rows is still asked about: the provider may list
     # results that the message which completed the task left out.
     if total > 0 and pending == 0:
         return None
-    return provider_task_id, finished_at
+    return provider_task_id, finished_at, result_limit(request)
 
 
 async def _confirm(
@@ -163,7 +177,7 @@ async def _confirm(
 ) -> list[_Target]:
     """Ask the provider, bring the rows in line with its answer, return what to fetch."""
     try:
-        observed = await evolink.get_task(run.provider_task_id)
+        observed = await evolink.get_task(run.provider_task_id, hide=run.callback_token)
     except EvoLinkError as exc:
         if exc.outcome == "permanent" and exc.status_code not in _ABOUT_US:
             reason = f"the provider could not confirm the results: {exc}"
@@ -185,6 +199,14 @@ async def _confirm(
         confirmed = []  # it ended without results: none of ours can be confirmed
     else:
         why = f"the provider says {observed.status!r}"
+    if confirmed is not None and len(confirmed) > run.result_limit:
+        # Broken beyond use: which of them would be ours? No row is added, none confirmed.
+        reason = (
+            f"{NOT_CONFIRMED}: it lists {len(confirmed)} results, but the task asked for "
+            f"at most {run.result_limit}"
+        )
+        await _fail_pending(sessions, run, reason, report)
+        return []
     if confirmed is None:
         # Not finished there (yet): nothing is confirmed, but nothing is refuted either.
         await _retry_confirmation(

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,7 +33,7 @@ from app.evolink.schemas import ProviderTask
 from app.jobs import QUEUE, STORE_RESULTS
 from app.notify import TASK_CHANNEL
 from app.tasks.lifecycle import TERMINAL, EventKind, EventOutcome, TaskStatus
-from app.tasks.transitions import Verdict, judge
+from app.tasks.transitions import MAX_RESULTS, Verdict, judge
 
 IN_FLIGHT = frozenset(status for status in TaskStatus if status not in TERMINAL)
 
@@ -60,7 +60,8 @@ ASSIGNMENTS = {
 }
 
 # `prior` locks the row (a concurrent delivery waits, then sees the latest version); `moved`
-# applies the verdict only from the states it holds for; the event is written when the task
+# applies the verdict only from the states it holds for, and only with no more results than
+# the task's n (app.tasks.transitions.result_limit); the event is written when the task
 # moved or already has the status the message repeats, and not at all otherwise.
 STATEMENT = """
 WITH prior AS (
@@ -71,6 +72,10 @@ WITH prior AS (
     WHERE t.id = prior.id
       AND prior.status IN ({moves_from})
       AND prior.provider_task_id IS NOT DISTINCT FROM %(provider_task_id)s
+      AND cardinality(%(result_urls)s::text[]) <= CASE
+          WHEN jsonb_typeof(t.request -> 'n') = 'number'
+           AND (t.request ->> 'n')::numeric BETWEEN 1 AND {max_results}
+          THEN (t.request ->> 'n')::numeric ELSE {max_results} END
     RETURNING t.id, prior.status AS from_status
 ), results AS (
     INSERT INTO task_results (task_id, index, provider_url, status)
@@ -122,6 +127,7 @@ def statement_for(columns: frozenset[str], moves_from: frozenset[TaskStatus]) ->
         channel=TASK_CHANNEL,
         queue=QUEUE,
         copy_job=STORE_RESULTS,
+        max_results=MAX_RESULTS,
     )
 
 
@@ -132,6 +138,8 @@ class Assumed:
     status: str
     provider_task_id: str | None
     progress: int = 0
+    # No `n`: judged against the provider's maximum; the statement checks the task's own.
+    request: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -229,6 +237,8 @@ async def record_created(
     None, with nothing asked of the database, for an answer it cannot apply (one without
     an id); a written-nothing `Written` when a callback settled the task first.
     """
+    if len(created.results or []) > MAX_RESULTS:
+        return None  # the careful path fails the task, with the n it asked for in the error
     assumed = Assumed(TaskStatus.SUBMITTING.value, None)
     verdict = judge(assumed, created, EventKind.SUBMISSION)
     if verdict.outcome != EventOutcome.APPLIED or verdict.to_status is None:

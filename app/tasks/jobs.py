@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import procrastinate
+import structlog
 
 from app import jobs
 from app.jobs import JobRetry, RetryLater, resources_of
@@ -12,6 +13,7 @@ from app.tasks import reconcile, submission, sweep
 
 
 async def submit_task_job(context: procrastinate.JobContext, task_id: str) -> None:
+    structlog.contextvars.bind_contextvars(task_id=task_id)
     delay = await submission.submit_task(
         resources_of(context), uuid.UUID(task_id), attempt=context.job.attempts
     )

@@ -19,6 +19,7 @@ from app.db import transaction
 from app.evolink.client import EvoLinkError
 from app.models import Task
 from app.resources import Resources
+from app.security import callback_token
 from app.tasks.lifecycle import TERMINAL, EventKind, EventOutcome, TaskStatus
 from app.tasks.transitions import Verdict, apply_verdict, fail, lock_task, observe
 
@@ -47,7 +48,11 @@ async def poll_task(resources: Resources, task_id: uuid.UUID) -> PollResult:
     if provider_id is None:
         return PollResult(EventOutcome.REJECTED, "the task has no provider id yet")
     try:
-        observed = await resources.evolink.get_task(provider_id)
+        # The provider may quote the task's callback URL in an error: hide its token.
+        secret = resources.settings.callback_secret.get_secret_value()
+        observed = await resources.evolink.get_task(
+            provider_id, hide=callback_token(secret, task_id)
+        )
     except EvoLinkError as exc:
         async with transaction(resources.sessions) as session:
             task = await _mark_polled(session, task_id)

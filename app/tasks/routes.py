@@ -7,6 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
+import structlog
 from fastapi import APIRouter, Header, Query, Response
 from pydantic import BeforeValidator
 
@@ -130,6 +131,7 @@ async def create_task(
             if created
             else await service.get_task(session, caller, task.id)
         )
+    structlog.contextvars.bind_contextvars(task_id=str(task.id))
     response.headers["Location"] = f"/v1/tasks/{task.id}"
     if not created:
         response.headers["Idempotent-Replayed"] = "true"

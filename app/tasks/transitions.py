@@ -40,6 +40,23 @@ class TaskState(Protocol):
     def provider_task_id(self) -> str | None: ...
     @property
     def progress(self) -> int: ...
+    @property
+    def request(self) -> dict[str, Any]: ...
+
+
+# The provider's largest `n`: no task may have more results than that.
+MAX_RESULTS = 6
+# The error code of a task whose provider answer, to our own call, lists more results than n.
+RESULTS_OVER_N = "provider_results_over_n"
+
+
+def result_limit(request: dict[str, Any] | None) -> int:
+    """How many results a task may have: the `n` it asked for, or the provider's maximum
+    when its stored request does not say. app.tasks.direct states the same rule in SQL."""
+    n = (request or {}).get("n")
+    if isinstance(n, int | float) and not isinstance(n, bool) and 1 <= n <= MAX_RESULTS:
+        return int(n)
+    return MAX_RESULTS
 
 
 @dataclass
@@ -86,6 +103,10 @@ def judge(task: TaskState, observed: ProviderTask, source: EventKind) -> Verdict
     if RANK[new] < RANK[current]:
         return Verdict(EventOutcome.STALE, f"says {new.value}; the task is already {current.value}")
 
+    listed, limit = len(observed.results or []), result_limit(task.request)
+    if new == TaskStatus.COMPLETED and listed > limit:
+        return _too_many_results(source, listed, limit, changes)
+
     progress = _progress(observed.progress)
     if new == TaskStatus.COMPLETED:
         progress = 100
@@ -116,6 +137,24 @@ def judge(task: TaskState, observed: ProviderTask, source: EventKind) -> Verdict
         changes["error_message"] = (
             error.message if error else None
         ) or f"the provider reports {observed.status}"
+    return verdict
+
+
+def _too_many_results(
+    source: EventKind, listed: int, limit: int, changes: dict[str, Any]
+) -> Verdict:
+    """A completion listing more results than the task may have: never written row by row.
+
+    A callback is kept as an anomaly and the task left for a poll to settle; an answer to
+    our own call (a poll, a create) would say the same if asked again, so the task fails.
+    """
+    detail = f"lists {listed} results, but the task asked for at most {limit}"
+    if source == EventKind.CALLBACK:
+        return Verdict(EventOutcome.ANOMALY, f"{detail}: not applied; a poll settles the task")
+    message = f"the provider {detail}"
+    verdict = fail(Verdict(EventOutcome.APPLIED, message), source, RESULTS_OVER_N, message)
+    if "provider_task_id" in changes:
+        verdict.changes["provider_task_id"] = changes["provider_task_id"]
     return verdict
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.callbacks.bodies import original_body
 from app.security import callback_path, callback_token
 from helpers import CALLBACK_SECRET, create_task, events, wait_for_task
 
@@ -31,8 +32,8 @@ def completed(provider_id: str, n: int = 1) -> dict[str, Any]:
 
 @pytest.fixture
 async def held(api: httpx.AsyncClient) -> dict[str, Any]:
-    """A submitted task the simulator keeps processing until told otherwise."""
-    task = await create_task(api, prompt="hold it [sim:hold]")
+    """A submitted task of n = 2 the simulator keeps processing until told otherwise."""
+    task = await create_task(api, prompt="hold it [sim:hold]", n=2)
     return await wait_for_task(api, task["id"], {"pending", "processing"})
 
 
@@ -195,3 +196,99 @@ async def test_a_malformed_body_is_400_and_recorded(
     assert len(rejected) == 1
     assert rejected[0]["body"] is not None
     assert (await api.get(f"/v1/tasks/{held['id']}")).json()["status"] == "pending"
+
+
+def hostile_completed(provider_id: str, **fields: bytes) -> bytes:
+    """A completed callback for `provider_id` with each of `fields` spliced in as raw JSON."""
+    extra = b"".join(b', "' + name.encode() + b'": ' + value for name, value in fields.items())
+    return (
+        b'{"id": "' + provider_id.encode() + b'", "status": "completed", "progress": 100, '
+        b'"results": ["https://files.example/r/0.png"]' + extra + b"}"
+    )
+
+
+# (case, body for the held task's provider id, status, outcome)
+HOSTILE: list[tuple[str, Any, int, str]] = [
+    ("nesting 500,000 deep", lambda p: b"[" * 500_000 + b"]" * 500_000, 400, "rejected"),
+    (
+        "an integer of 5,000 digits",
+        lambda p: hostile_completed(p, created=b"9" * 5000),
+        400,
+        "rejected",
+    ),
+    ("NaN", lambda p: hostile_completed(p, usage=b'{"credits": NaN}'), 400, "rejected"),
+    ("Infinity", lambda p: hostile_completed(p, usage=b'{"credits": 1e999}'), 200, "applied"),
+    (
+        "NUL in an unimportant field",
+        lambda p: hostile_completed(p, usage=b'{"user_group": "a\\u0000b", "k\\u0000": 1}'),
+        200,
+        "applied",
+    ),
+    (
+        "NUL in the status",
+        lambda p: hostile_completed(p).replace(b'"completed"', b'"complet\\u0000ed"'),
+        200,
+        "anomaly",
+    ),
+    (
+        "a lone surrogate",
+        lambda p: hostile_completed(p, usage=b'{"user_group": "\\ud800"}'),
+        400,
+        "rejected",
+    ),
+    ("non-JSON bytes containing NUL", lambda p: b"\x00\x01\xff\xfe{\x00}", 400, "rejected"),
+    (
+        "an integer of 4,000 digits in fields we keep",
+        lambda p: hostile_completed(
+            p,
+            usage=b'{"credits": ' + b"7" * 4000 + b"}",
+            task_info=b'{"estimated_time": ' + b"8" * 4000 + b"}",
+        ),
+        200,
+        "applied",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("body_for", "status", "outcome"),
+    [case[1:] for case in HOSTILE],
+    ids=[case[0] for case in HOSTILE],
+)
+async def test_a_hostile_body_with_a_valid_token_is_recorded_and_answered_the_same_twice(
+    api: httpx.AsyncClient, held: dict[str, Any], body_for: Any, status: int, outcome: str
+) -> None:
+    """Every delivery with a valid token is recorded: 400 when unreadable, 2xx when applied."""
+    body: bytes = body_for(held["provider_task_id"])
+    url = url_for(held["id"])
+    headers = {"Content-Type": "application/json"}
+    answers = [await api.post(url, content=body, headers=headers) for _ in range(2)]
+    assert [a.status_code for a in answers] == [status, status], answers[0].text
+    recorded = [e for e in await events(api, held["id"]) if e["kind"] == "callback"]
+    assert len(recorded) == 2
+    assert recorded[0]["outcome"] == outcome
+    assert all(event["body"] is not None for event in recorded)
+    assert original_body(recorded[0]["body"]) == body
+    task = (await api.get(f"/v1/tasks/{held['id']}")).json()
+    assert task["status"] == ("completed" if outcome == "applied" else "pending")
+
+
+async def test_more_results_than_the_task_asked_for_are_an_anomaly_without_rows(
+    api: httpx.AsyncClient, sim: httpx.AsyncClient, held: dict[str, Any]
+) -> None:
+    """20,000 URLs for a task of n = 2: recorded as an anomaly, no result rows, no move; the
+    provider's own completion then settles the task."""
+    body = completed(held["provider_task_id"])
+    body["results"] = [f"https://f.example/{i}.png" for i in range(20_000)]
+    response = await api.post(url_for(held["id"]), json=body)
+    assert (response.status_code, response.json()["outcome"]) == (200, "anomaly")
+    task = (await api.get(f"/v1/tasks/{held['id']}")).json()
+    assert (task["status"], task["result_count"]) == (held["status"], 0)
+    assert (await api.get(f"/v1/tasks/{held['id']}/results")).json()["items"] == []
+    anomaly = next(e for e in await events(api, held["id"]) if e["outcome"] == "anomaly")
+    assert "20000 results" in anomaly["detail"]
+    assert "asked for at most 2" in anomaly["detail"]
+
+    await sim.post(f"/_sim/tasks/{held['provider_task_id']}/complete")
+    done = await wait_for_task(api, held["id"], {"completed"})
+    assert (done["resolved_by"], done["result_count"]) == ("callback", 2)

@@ -372,11 +372,35 @@ async def test_secrets_stay_out_of_errors_and_logs(
     with caplog.at_level(logging.DEBUG, logger="edithook.evolink"):
         error = await create_error(client, EDIT.model_copy(update={"callback_url": callback}))
         await client.create_task(EDIT.model_copy(update={"callback_url": callback}))
-    assert error.message == "callback_url <callback_url> is refused"
+    assert error.message == (
+        "callback_url https://hooks.example.com/v1/callbacks/evolink/abc/[redacted] is refused"
+    )
     for text in (str(error), repr(error), repr(client), caplog.text):
         assert "tok-SECRET-123" not in text
         assert API_KEY not in text
     assert caplog.records  # the calls were logged, just not their secrets
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ("[" * 100_000 + "]" * 100_000, 500),
+        ('{"error": {"code": ' + "9" * 5000 + ', "message": "big"}}', 400),
+        ('{"error": {"code": "bad\\u0000", "message": "a\\u0000b \\ud800"}}', 400),
+        ("nul \x00 in a page", 502),
+    ],
+    ids=["nested 100,000 deep", "a 5,000-digit code", "NUL and a lone surrogate", "a raw NUL"],
+)
+async def test_a_hostile_error_body_is_still_a_storable_evolink_error(
+    sim: Sim, http: httpx.AsyncClient, body: str, status: int
+) -> None:
+    """Whatever an error body holds, the caller gets an EvoLinkError whose text Postgres takes."""
+    await sim.fault(endpoint="create", status=status, body=body)
+    error = await create_error(client_for(http, sim.url))
+    assert error.status_code == status
+    for text in (error.message, error.code or ""):
+        assert "\x00" not in text
+        text.encode("utf-8")  # no unpaired surrogate
 
 
 async def test_the_client_works_with_the_older_envelope(

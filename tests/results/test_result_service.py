@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -235,7 +236,8 @@ async def test_forged_result_urls_are_never_downloaded(
     http: httpx.AsyncClient,
 ) -> None:
     """A callback with a valid token but invented URLs: only the provider's own are fetched."""
-    created = await create_task(api, prompt="hold it [sim:hold]")
+    # Two results asked for, one produced: the second forged URL has nothing to match.
+    created = await create_task(api, prompt="hold it [sim:hold] [sim:results=1]", n=2)
     task = await wait_for_task(api, created["id"], {"pending", "processing"})
     forged = [host.serve(f"/forged/{i}.png", b"not fetched") for i in range(2)]
     token = callback_token(CALLBACK_SECRET, uuid.UUID(task["id"]))
@@ -342,6 +344,48 @@ async def test_a_permanent_download_failure_fails_the_row_and_is_recorded(
     [event] = await events_of(service, task_id)
     assert (event.kind, event.outcome) == ("poll", "error")
     assert "result 0" in (event.detail or "")
+
+
+@pytest.mark.usefixtures("clean_db")
+async def test_a_confirmation_listing_more_results_than_n_confirms_nothing(
+    service: Service, sim: httpx.AsyncClient, storage: ResultStorage, http: httpx.AsyncClient
+) -> None:
+    """A confirming GET listing more results than the task may have (here 20,000 for at most
+    6) adds no rows and fetches nothing; the pending rows fail with the counts."""
+    provider = await completed_at_simulator(sim, n=2)
+    task_id = await record_completed(service, provider)
+    answer = {**provider, "results": [f"https://f.example/{i}.png" for i in range(20_000)]}
+    await sim.post(
+        "/_sim/faults", json={"endpoint": "get", "status": 200, "body": json.dumps(answer)}
+    )
+    downloads = (await stats(sim))["file_downloads"]
+
+    report = await run(service, storage, http, task_id)
+
+    assert report == StoreReport(stored=0, failed=2, pending=0, retry_in=None)
+    assert (await stats(sim))["file_downloads"] == downloads
+    rows = await rows_of(service, task_id)
+    assert [row.status for row in rows] == ["failed", "failed"]
+    assert all("20000 results" in (row.error or "") for row in rows)
+
+
+@pytest.mark.usefixtures("clean_db")
+async def test_a_confirmation_error_quoting_the_callback_token_keeps_none_of_it(
+    service: Service, sim: httpx.AsyncClient, storage: ResultStorage, http: httpx.AsyncClient
+) -> None:
+    """The confirming GET's error, kept on the rows and in an event, has the token scrubbed."""
+    task_id = await record_completed(service, await completed_at_simulator(sim))
+    token = callback_token(CALLBACK_SECRET, task_id)
+    message = f"callback {callback_path(task_id, token)} and {token} are unknown"
+    await sim.post("/_sim/faults", json={"endpoint": "get", "status": 404, "message": message})
+
+    await run(service, storage, http, task_id, callback_token=token)
+
+    [row] = await rows_of(service, task_id)
+    [event] = await events_of(service, task_id)
+    assert "[redacted]" in (row.error or "")
+    for text in (row.error or "", event.detail or ""):
+        assert token[:16] not in text
 
 
 @pytest.mark.usefixtures("clean_db")

@@ -61,7 +61,12 @@ async def db(private_database_url: str) -> AsyncIterator[Database]:
 
 
 async def fresh_task(
-    db: Database, task_id: uuid.UUID, status: str, provider_task_id: str | None, progress: int = 0
+    db: Database,
+    task_id: uuid.UUID,
+    status: str,
+    provider_task_id: str | None,
+    progress: int = 0,
+    n: int | None = None,
 ) -> None:
     """The task `task_id` as the case needs it, and nothing else that refers to it (earlier
     cases' tasks with PROVIDER_ID are removed: provider ids are unique)."""
@@ -80,7 +85,11 @@ async def fresh_task(
                 client="alpha",
                 status=status,
                 progress=progress,
-                request={"prompt": "p", "image_urls": ["https://cdn.example.com/a.png"]},
+                request={
+                    "prompt": "p",
+                    "image_urls": ["https://cdn.example.com/a.png"],
+                    **({} if n is None else {"n": n}),
+                },
                 request_hash="h",
                 provider_task_id=provider_task_id,
                 usage={"credits_reserved": 1},
@@ -305,6 +314,54 @@ async def test_other_callbacks_write_nothing_and_are_left_to_the_careful_path(
     outcome = await record_callback(db.sessions, db.pool, task_id, body, HEADERS)
     assert outcome == EventOutcome(careful_outcome)
     assert [event["outcome"] for event in (await state(db, task_id))["events"]] == [careful_outcome]
+
+
+@pytest.mark.parametrize("results", [2, 7, 20_000])
+async def test_more_results_than_the_tasks_n_are_left_to_the_careful_path(
+    db: Database, results: int
+) -> None:
+    """A completion listing more results than the task asked for writes nothing here; the
+    careful path records it as an anomaly, without result rows."""
+    task_id = uuid.uuid4()
+    await fresh_task(db, task_id, "processing", PROVIDER_ID, n=1)
+    before = await state(db, task_id)
+    urls = [f"https://files.example/{i}.png" for i in range(results)]
+    observed = message("completed", results=urls)
+    assert await direct_callback(db, task_id, observed) in (None, direct.Written(exists=True))
+    assert await state(db, task_id) == before
+
+    body = observed.model_dump_json().encode()
+    outcome = await record_callback(db.sessions, db.pool, task_id, body, HEADERS)
+    assert outcome == EventOutcome.ANOMALY
+    after = await state(db, task_id)
+    assert (after["task"]["status"], after["results"], after["jobs"]) == ("processing", [], [])
+    assert f"lists {results} results" in after["events"][0]["detail"]
+
+
+@pytest.mark.parametrize("results", [2, 7])
+async def test_a_create_answer_with_more_results_than_n_fails_the_task_without_rows(
+    db: Database, results: int
+) -> None:
+    """Our own create answered with more results than asked for: the direct path writes
+    nothing, the careful path fails the task (keeping the provider id), with no rows."""
+    task_id = uuid.uuid4()
+    await fresh_task(db, task_id, "submitting", None, n=1)
+    before = await state(db, task_id)
+    created = message("completed", results=[f"https://f.example/{i}.png" for i in range(results)])
+    assert await direct_created(db, task_id, created) in (None, direct.Written(exists=True))
+    assert await state(db, task_id) == before
+
+    await careful_created(db, task_id, created)
+    after = await state(db, task_id)
+    task = after["task"]
+    assert (task["status"], task["error_code"], task["resolved_by"]) == (
+        "failed",
+        "provider_results_over_n",
+        "submission",
+    )
+    assert task["provider_task_id"] == PROVIDER_ID
+    assert f"lists {results} results" in task["error_message"]
+    assert (after["results"], after["jobs"]) == ([], [])
 
 
 async def test_a_create_answer_after_the_callback_is_left_to_the_careful_path(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -211,3 +212,26 @@ async def test_create_can_wait_for_the_result(api: httpx.AsyncClient) -> None:
     assert response.headers["edithook-wait"] == "settled"
     body = response.json()
     assert (body["status"], body["results_stored"]) == ("completed", True)
+
+
+async def test_a_poll_listing_more_results_than_n_fails_the_task_without_rows(
+    api: httpx.AsyncClient, sim: httpx.AsyncClient
+) -> None:
+    """The provider's own answer breaking its contract (results > n) ends the task failed,
+    with how many came in the error, and writes no result rows."""
+    task = await create_task(api, prompt="quiet [sim:no-callback] [sim:hold]", n=2)
+    pending = await wait_for_task(api, task["id"], {"pending", "processing"})
+    answer = {
+        "id": pending["provider_task_id"],
+        "status": "completed",
+        "results": [f"https://f.example/{i}.png" for i in range(20_000)],
+    }
+    await sim.post(
+        "/_sim/faults", json={"endpoint": "get", "status": 200, "body": json.dumps(answer)}
+    )
+    refreshed = (await api.post(f"/v1/tasks/{task['id']}/refresh")).json()
+    assert (refreshed["status"], refreshed["resolved_by"]) == ("failed", "poll")
+    assert refreshed["error"]["code"] == "provider_results_over_n"
+    assert "20000 results" in refreshed["error"]["message"]
+    assert refreshed["result_count"] == 0
+    assert (await api.get(f"/v1/tasks/{task['id']}/results")).json()["items"] == []

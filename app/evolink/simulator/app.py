@@ -110,11 +110,14 @@ def create_simulator_app(config: SimulatorConfig | None = None) -> FastAPI:
         if (refused := unauthorized(request)) is not None:
             return refused
         fault = sim.take_fault("create")
-        if fault is not None and fault.mode == "status":
-            return fault_response(fault)
         try:
             body = json.loads(await request.body())
         except (UnicodeDecodeError, json.JSONDecodeError):
+            body = None
+        if fault is not None and fault.mode == "status":
+            quoted = body.get("callback_url") if isinstance(body, dict) else None
+            return fault_response(fault.quoting(quoted if isinstance(quoted, str) else None))
+        if body is None:
             return error(400, "request body must be valid JSON")
         try:
             edit = validate_create(body, allow_insecure_callbacks=insecure_callbacks)
@@ -134,7 +137,8 @@ def create_simulator_app(config: SimulatorConfig | None = None) -> FastAPI:
             return refused
         fault = sim.take_fault("get")
         if fault is not None and fault.mode == "status":
-            return fault_response(fault)
+            named = sim.tasks.get(task_id)
+            return fault_response(fault.quoting(named.edit.callback_url if named else None))
         if not task_id.startswith("task-unified-"):
             return error(
                 400,

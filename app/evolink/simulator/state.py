@@ -12,6 +12,7 @@ import time
 from collections.abc import Coroutine
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, Field
@@ -47,6 +48,10 @@ class Fault(BaseModel):
     `Retry-After` header when `retry_after` is set (a number, or a string sent verbatim,
     e.g. an HTTP-date). mode "accept_then_hang": do the real work (a create creates its
     task), then hold the answer back for `hang_seconds` or until the caller gives up.
+
+    `message` and `body` may quote the caller's callback URL, as a careless provider might:
+    `{callback_url}`, `{callback_url_encoded}` (percent-encoded) and `{callback_token}` (its
+    last path segment) become those of the create request, or of the task a get names.
     """
 
     endpoint: Literal["create", "get"]
@@ -62,6 +67,24 @@ class Fault(BaseModel):
     content_type: str = "application/json"
     hang_seconds: float = Field(default=30.0, ge=0)
     times: int = Field(default=1, ge=1)
+
+    def quoting(self, callback_url: str | None) -> Fault:
+        """This fault with the callback URL placeholders in `message` and `body` filled in."""
+        url = callback_url or ""
+        values = {
+            "{callback_url}": url,
+            "{callback_url_encoded}": quote(url, safe=""),
+            "{callback_token}": url.rstrip("/").rsplit("/", 1)[-1],
+        }
+
+        def fill(text: str | None) -> str | None:
+            if text is None:
+                return None
+            for placeholder, value in values.items():
+                text = text.replace(placeholder, value)
+            return text
+
+        return self.model_copy(update={"message": fill(self.message), "body": fill(self.body)})
 
 
 @dataclass
