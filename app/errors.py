@@ -13,10 +13,12 @@ import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from psycopg_pool import PoolTimeout
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as EnginePoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from app.db import LOST_CONNECTION_CLASSES, DirectUnavailable
 
@@ -143,6 +145,18 @@ def validation_errors(errors: list[Any]) -> list[dict[str, str]]:
     return out
 
 
+def allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """Every method some route serves at the request's path, sorted."""
+    methods: set[str] = set()
+    # Included routers' routes are reached through their contexts, which know the full path.
+    for route in iter_route_contexts(app.router.routes):
+        # PARTIAL: the path matches and the method does not; FULL cannot happen on a 405.
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= route.methods or set()
+    return sorted(methods)
+
+
 def database_outage(exc: BaseException) -> bool:
     """True when `exc`, or an error it was raised from, says the database cannot be reached."""
     seen: BaseException | None = exc
@@ -240,7 +254,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) and exc.status_code != 404 else None
-        return problem(exc.status_code, detail=detail, headers=getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            # The router names only the methods of the first route that matched the path;
+            # a path served by several routes (GET and POST /v1/tasks) allows them all.
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(app, request))}
+        return problem(exc.status_code, detail=detail, headers=headers)
 
     @app.exception_handler(BodyTooLarge)
     async def _too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:

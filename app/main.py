@@ -17,6 +17,7 @@ from app.docs_ui import install_docs
 from app.edge import RequestEdge
 from app.errors import install_error_handlers
 from app.metrics import router as metrics_router
+from app.openapi import install_openapi
 from app.resources import Resources, open_resources
 from app.results.routes import router as results_router
 from app.settings import Settings
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
     )
     install_docs(app)
     install_error_handlers(app)
+    install_openapi(app)
     # Added last, runs first: every answer, the edge's own included, carries a request id.
     app.add_middleware(
         RequestEdge,
@@ -92,7 +94,17 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"], summary="Readiness: the database answers")
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        summary="Readiness: the database answers",
+        responses={
+            503: {
+                "description": "The database does not answer.",
+                "content": {"application/json": {"example": {"status": "unavailable"}}},
+            }
+        },
+    )
     async def readyz(resources: ResourcesDep) -> JSONResponse:
         try:
             async with resources.engine.connect() as connection:

@@ -65,7 +65,11 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
         200: {"description": "The image.", "content": {"image/*": {}}},
         304: {"description": "`If-None-Match` matched; no body."},
         404: {"description": "No such task for this client, or no such result.", **_PROBLEM},
-        409: {"description": "Not stored yet; retry after `Retry-After` seconds.", **_PROBLEM},
+        409: {
+            "description": "Not stored yet; retry after `Retry-After` seconds.",
+            "headers": {"Retry-After": {"schema": {"type": "string"}, "required": True}},
+            **_PROBLEM,
+        },
         410: {"description": "The image could not be copied; `detail` says why.", **_PROBLEM},
         503: {"description": "The storage could not be read.", **_PROBLEM},
     },

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
 import structlog
 from fastapi import APIRouter, Header, Query, Response
+from pydantic import BeforeValidator
 
 from app.db import transaction
 from app.deps import CallerDep, ResourcesDep, SessionDep
@@ -40,6 +42,21 @@ PreferHeader = Annotated[
         examples=["wait=30"],
     ),
 ]
+
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
+def _rfc3339(value: object) -> object:
+    # Pydantic would also take a number of seconds since 1970 ("0.5") or a time without an
+    # offset, whose meaning depends on the server; a bound on a list must not be a guess.
+    if isinstance(value, str) and _RFC3339.fullmatch(value):
+        return value
+    raise ValueError("must be an RFC 3339 date-time with an offset, like 2026-11-24T05:14:44Z")
+
+
+Timestamp = Annotated[datetime, BeforeValidator(_rfc3339)]
 
 PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
@@ -131,8 +148,12 @@ async def list_tasks(
     status: Annotated[
         list[TaskStatus] | None, Query(description="Only these statuses; repeat to give several.")
     ] = None,
-    created_after: Annotated[datetime | None, Query(description="Exclusive lower bound.")] = None,
-    created_before: Annotated[datetime | None, Query(description="Exclusive upper bound.")] = None,
+    created_after: Annotated[
+        Timestamp | None, Query(description="Exclusive lower bound (RFC 3339, with an offset).")
+    ] = None,
+    created_before: Annotated[
+        Timestamp | None, Query(description="Exclusive upper bound (RFC 3339, with an offset).")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
 ) -> TaskPage:
@@ -169,7 +190,11 @@ async def get_task(
     async with resources.sessions() as session:
         view = await service.get_task(session, caller, parsed)
     wait = parse_prefer_wait(prefer, maximum=MAX_WAIT_SECONDS)
-    if wait and not view.settled:
+    if wait and view.settled:
+        # Nothing to wait for, and the preference was still honoured: say so.
+        response.headers["Preference-Applied"] = f"wait={wait:g}"
+        response.headers["Edithook-Wait"] = "settled"
+    elif wait:
         view = await wait_until_settled(resources, caller, parsed, wait, response)
     return to_read(view)
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -43,6 +44,25 @@ INVISIBLE = frozenset(
     + "".join(map(chr, range(0xFE00, 0xFE10)))
     + "".join(map(chr, range(0xE0100, 0xE01F0)))
 )
+
+# What the checks below accept, as JSON Schema says it in the OpenAPI document. Where JSON
+# Schema cannot say it (a public https URL, a prompt with something visible in it) a named
+# format stands for the rule; `tests/schemathesis_hooks.py` knows how to make such values.
+_SIDE = "(5(1[2-9]|[2-9][0-9])|[6-9][0-9]{2}|1[0-9]{3}|20[0-3][0-9]|204[0-8])"
+SIZE_SCHEMA: dict[str, Any] = {"pattern": f"^{_SIDE}x{_SIDE}$"}
+NO_NUL = "^[^\\u0000]*$"
+PROMPT_SCHEMA: dict[str, Any] = {"format": "visible-text"}
+IMAGE_URL_SCHEMA: dict[str, Any] = {"format": "public-https-url", "maxLength": URL_MAX}
+METADATA_SCHEMA: dict[str, Any] = {
+    "maxProperties": METADATA_MAX_KEYS,
+    "propertyNames": {"pattern": "^[A-Za-z0-9_.\\-]{1,64}$"},
+    "additionalProperties": {"type": "string", "maxLength": METADATA_VALUE_MAX, "pattern": NO_NUL},
+}
+# `size` only with one image: JSON Schema's if/then.
+TASK_CREATE_SCHEMA: dict[str, Any] = {
+    "if": {"properties": {"size": {"type": "string"}}, "required": ["size"]},
+    "then": {"properties": {"n": {"const": 1}}},
+}
 
 EXAMPLE_CREATE: dict[str, Any] = {
     "prompt": "Replace the background with a snowy mountain range, keep the person unchanged",
@@ -80,36 +100,63 @@ def _is_visible(char: str) -> bool:
 StorableStr = Annotated[StrictStr, AfterValidator(_storable)]
 
 
+def _integral(value: Any) -> Any:
+    # JSON Schema's integer is any number without a fractional part, so 2.0 is one; a string
+    # or a boolean is not, and StrictInt still refuses those.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# The validator goes after the bounds, so that the bounds stay in the JSON schema.
+IntegralNumber = BeforeValidator(_integral)
+
+
 class TaskCreate(BaseModel):
     """An edit to run: the provider's documented parameters, checked against its limits."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_CREATE]})
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [EXAMPLE_CREATE], **TASK_CREATE_SCHEMA}
+    )
 
     prompt: StorableStr = Field(
-        min_length=1, max_length=PROMPT_MAX, description="What to change; at most 2000 characters."
+        min_length=1,
+        max_length=PROMPT_MAX,
+        description="What to change; at most 2000 characters, some of them visible.",
+        json_schema_extra=PROMPT_SCHEMA,
     )
-    image_urls: list[Annotated[StrictStr, AfterValidator(_check_image_url)]] = Field(
+    image_urls: list[
+        Annotated[
+            StrictStr,
+            AfterValidator(_check_image_url),
+            Field(json_schema_extra=IMAGE_URL_SCHEMA),
+        ]
+    ] = Field(
         min_length=1,
         max_length=IMAGE_URLS_MAX,
         description="1–3 publicly reachable https URLs of the input images.",
     )
-    n: Annotated[StrictInt, Field(ge=1, le=N_MAX)] = Field(
+    n: Annotated[StrictInt, Field(ge=1, le=N_MAX), IntegralNumber] = Field(
         default=1, description="Number of images to produce (1–6; the provider pre-charges n)."
     )
     size: StorableStr | None = Field(
         default=None,
         description="WIDTHxHEIGHT, each side 512–2048; only with n = 1.",
         examples=["1024x1536"],
+        json_schema_extra=SIZE_SCHEMA,
     )
-    negative_prompt: StorableStr | None = Field(default=None, max_length=NEGATIVE_PROMPT_MAX)
+    negative_prompt: StorableStr | None = Field(
+        default=None, max_length=NEGATIVE_PROMPT_MAX, json_schema_extra={"pattern": NO_NUL}
+    )
     prompt_extend: StrictBool = Field(
         default=True, description="Let the provider rewrite the prompt."
     )
     watermark: StrictBool = False
-    seed: Annotated[StrictInt, Field(ge=0, le=SEED_MAX)] | None = None
+    seed: Annotated[StrictInt, Field(ge=0, le=SEED_MAX), IntegralNumber] | None = None
     metadata: dict[StrictStr, StrictStr] = Field(
         default_factory=dict,
         description="Up to 20 string pairs of your own; keys 1–64 of [A-Za-z0-9_.-], values ≤ 500.",
+        json_schema_extra=METADATA_SCHEMA,
     )
 
     @field_validator("prompt")

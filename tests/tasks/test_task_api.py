@@ -169,3 +169,16 @@ async def test_the_openapi_document_describes_the_api(api: httpx.AsyncClient) ->
         assert schemas[name]["examples"], name
     for path in ("/v1/tasks/{task_id}/refresh", "/v1/tasks/{task_id}/results/{index}", "/metrics"):
         assert path in paths
+
+
+async def test_waiting_on_a_settled_task_says_the_preference_was_honoured(
+    api: httpx.AsyncClient,
+) -> None:
+    """`Prefer: wait` on a task already settled answers at once, with the same headers as a wait."""
+    task = await create_task(api)
+    first = await api.get(f"/v1/tasks/{task['id']}", headers={"Prefer": "wait=30"})
+    assert first.headers["Edithook-Wait"] == "settled"
+    again = await api.get(f"/v1/tasks/{task['id']}", headers={"Prefer": "wait=30"})
+    assert again.json()["status"] == "completed"
+    assert again.headers["Preference-Applied"] == "wait=30"
+    assert again.headers["Edithook-Wait"] == "settled"

@@ -250,6 +250,7 @@ async def test_body_that_is_not_json_is_a_clear_422(api: httpx.AsyncClient) -> N
         {"size": "512x2048", "n": 1},
         {"seed": 0},
         {"seed": 2147483647},
+        {"n": 2.0, "seed": 7.0},
         {"negative_prompt": "x" * 500, "prompt": "p" * 2000},
         {"image_urls": ["https://a.example/1.png", "https://b.example/2.jpg", "https://8.8.8.8/3"]},
         {"metadata": {"order_id": "A-1", "team.name": "imaging"}},
