@@ -132,6 +132,8 @@ class Assumed:
     status: str
     provider_task_id: str | None
     progress: int = 0
+    usage: dict[str, Any] | None = None
+    estimated_seconds: float | None = None
 
 
 @dataclass(frozen=True)
