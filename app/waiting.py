@@ -2,6 +2,10 @@
 
 Whatever changes a task runs `SELECT pg_notify('edithook_tasks', '<task uuid>')` inside its
 transaction, so the notification arrives only once the change is committed and visible.
+
+A notification wakes every waiter of its task at once; they share one read of the task
+(`TaskWaiter.read_once`), so a thousand waiters cost one query per notification, not a
+thousand, and other requests do not queue behind them for connections.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import TupleRow
@@ -20,6 +26,8 @@ from psycopg.rows import TupleRow
 from app.notify import TASK_CHANNEL
 
 logger = logging.getLogger("edithook.waiting")
+
+T = TypeVar("T")
 
 _TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _QUOTED = r'"(?:[^"\\]|\\.)*"'
@@ -49,6 +57,20 @@ def parse_prefer_wait(header: str | None, *, maximum: float = 60.0) -> float | N
     return None
 
 
+@dataclass
+class _Watch:
+    """The requests waiting on one task, and the reads they share.
+
+    `generation` counts the notifications for the task (and reconnections); a read started
+    in a generation sees every change notified before it, so its answer serves any waiter
+    until the next notification. `reads` holds the latest read per key (one per caller).
+    """
+
+    events: set[asyncio.Event] = field(default_factory=set)
+    generation: int = 0
+    reads: dict[Hashable, tuple[int, asyncio.Future[Any]]] = field(default_factory=dict)
+
+
 class TaskWaiter:
     """One LISTEN connection per process, fanning notifications out to waiting requests.
 
@@ -70,7 +92,7 @@ class TaskWaiter:
         self._fallback_interval = fallback_interval
         self._heartbeat_interval = heartbeat_interval
         self._max_backoff = max_backoff
-        self._waiters: dict[uuid.UUID, set[asyncio.Event]] = {}
+        self._watches: dict[uuid.UUID, _Watch] = {}
         self._conn: psycopg.AsyncConnection[TupleRow] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._listening = False
@@ -84,6 +106,34 @@ class TaskWaiter:
     def backend_pid(self) -> int | None:
         """The Postgres backend pid of the LISTEN connection, None while there is none."""
         return self._conn.info.backend_pid if self._conn is not None else None
+
+    def waiting(self, task_id: uuid.UUID) -> int:
+        """How many requests of this process are waiting on `task_id` now."""
+        watch = self._watches.get(task_id)
+        return len(watch.events) if watch is not None else 0
+
+    async def read_once(
+        self, task_id: uuid.UUID, key: Hashable, read: Callable[[], Awaitable[T]]
+    ) -> T:
+        """`read()`'s answer, shared by every waiter of `task_id` asking with the same `key`
+        since the task's latest notification: one read per notification, however many wait.
+
+        For use in a `settled()` of `wait_until` (its caller is then registered, so a
+        notification after a shared read still wakes it). While not listening, notifications
+        may be lost, so every call reads afresh. A failed read is not kept: the next call
+        reads again. A waiter that gives up does not cancel a read others share.
+        """
+        watch = self._watches.get(task_id)
+        if watch is None or not self._listening:
+            return await read()
+        shared = watch.reads.get(key)
+        if shared is None or shared[0] != watch.generation or _failed(shared[1]):
+            future: asyncio.Future[T] = asyncio.ensure_future(read())
+            future.add_done_callback(_retrieve)
+            shared = (watch.generation, future)
+            watch.reads[key] = shared
+        answer: T = await asyncio.shield(shared[1])
+        return answer
 
     async def start(self) -> None:
         """Connect and LISTEN; returns once listening. A failure to connect is raised."""
@@ -121,7 +171,8 @@ class TaskWaiter:
         """
         deadline = time.monotonic() + timeout
         event = asyncio.Event()
-        self._waiters.setdefault(task_id, set()).add(event)
+        watch = self._watches.setdefault(task_id, _Watch())
+        watch.events.add(event)
         try:
             while True:
                 # Cleared before the check: a notification during it makes the wait return.
@@ -139,11 +190,9 @@ class TaskWaiter:
                     if pause >= remaining:
                         return False
         finally:
-            events = self._waiters.get(task_id)
-            if events is not None:
-                events.discard(event)
-                if not events:
-                    del self._waiters[task_id]
+            watch.events.discard(event)
+            if not watch.events and self._watches.get(task_id) is watch:
+                del self._watches[task_id]
 
     async def _connect(self) -> psycopg.AsyncConnection[TupleRow]:
         conn: psycopg.AsyncConnection[TupleRow] = await psycopg.AsyncConnection.connect(
@@ -199,10 +248,24 @@ class TaskWaiter:
             task_id = uuid.UUID(payload)
         except ValueError:
             return
-        for event in self._waiters.get(task_id, ()):
-            event.set()
+        watch = self._watches.get(task_id)
+        if watch is not None:
+            watch.generation += 1
+            for event in watch.events:
+                event.set()
 
     def _wake_all(self) -> None:
-        for events in self._waiters.values():
-            for event in events:
+        for watch in self._watches.values():
+            watch.generation += 1
+            for event in watch.events:
                 event.set()
+
+
+def _failed(future: asyncio.Future[Any]) -> bool:
+    return future.done() and (future.cancelled() or future.exception() is not None)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a shared read's failure as seen: its waiters may all have given up."""
+    if not future.cancelled():
+        future.exception()
