@@ -3,9 +3,12 @@
 Whatever changes a task runs `SELECT pg_notify('edithook_tasks', '<task uuid>')` inside its
 transaction, so the notification arrives only once the change is committed and visible.
 
-A notification wakes every waiter of its task at once; they share one read of the task
+A notification wakes every waiter of its task; they share one read of the task
 (`TaskWaiter.read_once`), so a thousand waiters cost one query per notification, not a
-thousand, and other requests do not queue behind them for connections.
+thousand, and other requests do not queue behind them for connections. They are woken, and
+answer, a few per turn of the event loop: a thousand answers take a few hundred
+milliseconds of the process's time either way, and spread out, other requests are served
+between them rather than after them all.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import logging
 import re
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -28,6 +32,12 @@ from app.notify import TASK_CHANNEL
 logger = logging.getLogger("edithook.waiting")
 
 T = TypeVar("T")
+
+# When a notification wakes many waiters, this many are woken per turn of the event loop,
+# and this many settled ones go on to answer: the rest queue, so that other requests get
+# the loop between them instead of only after all of them.
+WAKES_PER_TURN = 4
+ANSWERS_PER_TURN = 2
 
 _TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _QUOTED = r'"(?:[^"\\]|\\.)*"'
@@ -96,6 +106,11 @@ class TaskWaiter:
         self._conn: psycopg.AsyncConnection[TupleRow] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._listening = False
+        # Waiters to wake, and settled ones waiting for their turn to answer (see above).
+        self._to_wake: deque[asyncio.Event] = deque()
+        self._queue: deque[asyncio.Future[None]] = deque()
+        self._through_this_turn = 0
+        self._turning = False
 
     @property
     def listening(self) -> bool:
@@ -178,6 +193,7 @@ class TaskWaiter:
                 # Cleared before the check: a notification during it makes the wait return.
                 event.clear()
                 if await settled():
+                    await self._turn()
                     return True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -193,6 +209,38 @@ class TaskWaiter:
             watch.events.discard(event)
             if not watch.events and self._watches.get(task_id) is watch:
                 del self._watches[task_id]
+
+    async def _turn(self) -> None:
+        """Return in this turn of the loop if fewer than ANSWERS_PER_TURN waiters have, else
+        in a later one, in arrival order."""
+        if not self._queue and self._through_this_turn < ANSWERS_PER_TURN:
+            self._through_this_turn += 1
+            self._keep_turning()
+            return
+        ticket: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(ticket)
+        self._keep_turning()
+        await ticket
+
+    def _keep_turning(self) -> None:
+        if not self._turning:
+            self._turning = True
+            asyncio.get_running_loop().call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        """Once per turn of the loop while waiters wake or answer: the next few of each."""
+        for _ in range(min(WAKES_PER_TURN, len(self._to_wake))):
+            self._to_wake.popleft().set()
+        self._through_this_turn = 0
+        while self._queue and self._through_this_turn < ANSWERS_PER_TURN:
+            ticket = self._queue.popleft()
+            if not ticket.done():  # a waiter cancelled in the queue leaves its ticket
+                ticket.set_result(None)
+                self._through_this_turn += 1
+        if self._to_wake or self._queue or self._through_this_turn:
+            asyncio.get_running_loop().call_soon(self._next_turn)
+        else:
+            self._turning = False
 
     async def _connect(self) -> psycopg.AsyncConnection[TupleRow]:
         conn: psycopg.AsyncConnection[TupleRow] = await psycopg.AsyncConnection.connect(
@@ -251,14 +299,15 @@ class TaskWaiter:
         watch = self._watches.get(task_id)
         if watch is not None:
             watch.generation += 1
-            for event in watch.events:
-                event.set()
+            self._to_wake.extend(watch.events)
+            self._keep_turning()
 
     def _wake_all(self) -> None:
         for watch in self._watches.values():
             watch.generation += 1
-            for event in watch.events:
-                event.set()
+            self._to_wake.extend(watch.events)
+        if self._to_wake:
+            self._keep_turning()
 
 
 def _failed(future: asyncio.Future[Any]) -> bool:
