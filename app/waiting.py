@@ -2,6 +2,13 @@
 
 Whatever changes a task runs `SELECT pg_notify('edithook_tasks', '<task uuid>')` inside its
 transaction, so the notification arrives only once the change is committed and visible.
+
+A notification wakes every waiter of its task; they share one read of the task
+(`TaskWaiter.read_once`), so a thousand waiters cost one query per notification, not a
+thousand, and other requests do not queue behind them for connections. They are woken, and
+answer, a few per turn of the event loop: a thousand answers take a few hundred
+milliseconds of the process's time either way, and spread out, other requests are served
+between them rather than after them all.
 """
 
 from __future__ import annotations
@@ -12,7 +19,10 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import TupleRow
@@ -20,6 +30,14 @@ from psycopg.rows import TupleRow
 from app.notify import TASK_CHANNEL
 
 logger = logging.getLogger("edithook.waiting")
+
+T = TypeVar("T")
+
+# When a notification wakes many waiters, this many are woken per turn of the event loop,
+# and this many settled ones go on to answer: the rest queue, so that other requests get
+# the loop between them instead of only after all of them.
+WAKES_PER_TURN = 4
+ANSWERS_PER_TURN = 2
 
 _TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _QUOTED = r'"(?:[^"\\]|\\.)*"'
@@ -49,6 +67,20 @@ def parse_prefer_wait(header: str | None, *, maximum: float = 60.0) -> float | N
     return None
 
 
+@dataclass
+class _Watch:
+    """The requests waiting on one task, and the reads they share.
+
+    `generation` counts the notifications for the task (and reconnections); a read started
+    in a generation sees every change notified before it, so its answer serves any waiter
+    until the next notification. `reads` holds the latest read per key (one per caller).
+    """
+
+    events: set[asyncio.Event] = field(default_factory=set)
+    generation: int = 0
+    reads: dict[Hashable, tuple[int, asyncio.Future[Any]]] = field(default_factory=dict)
+
+
 class TaskWaiter:
     """One LISTEN connection per process, fanning notifications out to waiting requests.
 
@@ -70,10 +102,15 @@ class TaskWaiter:
         self._fallback_interval = fallback_interval
         self._heartbeat_interval = heartbeat_interval
         self._max_backoff = max_backoff
-        self._waiters: dict[uuid.UUID, set[asyncio.Event]] = {}
+        self._watches: dict[uuid.UUID, _Watch] = {}
         self._conn: psycopg.AsyncConnection[TupleRow] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._listening = False
+        # Waiters to wake, and settled ones waiting for their turn to answer (see above).
+        self._to_wake: deque[asyncio.Event] = deque()
+        self._queue: deque[asyncio.Future[None]] = deque()
+        self._through_this_turn = 0
+        self._turning = False
 
     @property
     def listening(self) -> bool:
@@ -84,6 +121,34 @@ class TaskWaiter:
     def backend_pid(self) -> int | None:
         """The Postgres backend pid of the LISTEN connection, None while there is none."""
         return self._conn.info.backend_pid if self._conn is not None else None
+
+    def waiting(self, task_id: uuid.UUID) -> int:
+        """How many requests of this process are waiting on `task_id` now."""
+        watch = self._watches.get(task_id)
+        return len(watch.events) if watch is not None else 0
+
+    async def read_once(
+        self, task_id: uuid.UUID, key: Hashable, read: Callable[[], Awaitable[T]]
+    ) -> T:
+        """`read()`'s answer, shared by every waiter of `task_id` asking with the same `key`
+        since the task's latest notification: one read per notification, however many wait.
+
+        For use in a `settled()` of `wait_until` (its caller is then registered, so a
+        notification after a shared read still wakes it). While not listening, notifications
+        may be lost, so every call reads afresh. A failed read is not kept: the next call
+        reads again. A waiter that gives up does not cancel a read others share.
+        """
+        watch = self._watches.get(task_id)
+        if watch is None or not self._listening:
+            return await read()
+        shared = watch.reads.get(key)
+        if shared is None or shared[0] != watch.generation or _failed(shared[1]):
+            future: asyncio.Future[T] = asyncio.ensure_future(read())
+            future.add_done_callback(_retrieve)
+            shared = (watch.generation, future)
+            watch.reads[key] = shared
+        answer: T = await asyncio.shield(shared[1])
+        return answer
 
     async def start(self) -> None:
         """Connect and LISTEN; returns once listening. A failure to connect is raised."""
@@ -121,12 +186,14 @@ class TaskWaiter:
         """
         deadline = time.monotonic() + timeout
         event = asyncio.Event()
-        self._waiters.setdefault(task_id, set()).add(event)
+        watch = self._watches.setdefault(task_id, _Watch())
+        watch.events.add(event)
         try:
             while True:
                 # Cleared before the check: a notification during it makes the wait return.
                 event.clear()
                 if await settled():
+                    await self._turn()
                     return True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -139,11 +206,41 @@ class TaskWaiter:
                     if pause >= remaining:
                         return False
         finally:
-            events = self._waiters.get(task_id)
-            if events is not None:
-                events.discard(event)
-                if not events:
-                    del self._waiters[task_id]
+            watch.events.discard(event)
+            if not watch.events and self._watches.get(task_id) is watch:
+                del self._watches[task_id]
+
+    async def _turn(self) -> None:
+        """Return in this turn of the loop if fewer than ANSWERS_PER_TURN waiters have, else
+        in a later one, in arrival order."""
+        if not self._queue and self._through_this_turn < ANSWERS_PER_TURN:
+            self._through_this_turn += 1
+            self._keep_turning()
+            return
+        ticket: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(ticket)
+        self._keep_turning()
+        await ticket
+
+    def _keep_turning(self) -> None:
+        if not self._turning:
+            self._turning = True
+            asyncio.get_running_loop().call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        """Once per turn of the loop while waiters wake or answer: the next few of each."""
+        for _ in range(min(WAKES_PER_TURN, len(self._to_wake))):
+            self._to_wake.popleft().set()
+        self._through_this_turn = 0
+        while self._queue and self._through_this_turn < ANSWERS_PER_TURN:
+            ticket = self._queue.popleft()
+            if not ticket.done():  # a waiter cancelled in the queue leaves its ticket
+                ticket.set_result(None)
+                self._through_this_turn += 1
+        if self._to_wake or self._queue or self._through_this_turn:
+            asyncio.get_running_loop().call_soon(self._next_turn)
+        else:
+            self._turning = False
 
     async def _connect(self) -> psycopg.AsyncConnection[TupleRow]:
         conn: psycopg.AsyncConnection[TupleRow] = await psycopg.AsyncConnection.connect(
@@ -199,10 +296,25 @@ class TaskWaiter:
             task_id = uuid.UUID(payload)
         except ValueError:
             return
-        for event in self._waiters.get(task_id, ()):
-            event.set()
+        watch = self._watches.get(task_id)
+        if watch is not None:
+            watch.generation += 1
+            self._to_wake.extend(watch.events)
+            self._keep_turning()
 
     def _wake_all(self) -> None:
-        for events in self._waiters.values():
-            for event in events:
-                event.set()
+        for watch in self._watches.values():
+            watch.generation += 1
+            self._to_wake.extend(watch.events)
+        if self._to_wake:
+            self._keep_turning()
+
+
+def _failed(future: asyncio.Future[Any]) -> bool:
+    return future.done() and (future.cancelled() or future.exception() is not None)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a shared read's failure as seen: its waiters may all have given up."""
+    if not future.cancelled():
+        future.exception()

@@ -19,6 +19,8 @@ TARGET_DEEP_OVER_FIRST = 1.5
 TARGET_SUBMIT_P50_MS = 5.0
 TARGET_COMPLETION_P50_MS = 1000.0
 TARGET_RSS_MB = 150.0
+TARGET_WAITERS_LAST_MS = 1000.0
+TARGET_WAITERS_P99_OVER_IDLE = 2.0
 
 # The comparison servers of the ingest benchmark, in the order they run.
 INGEST_SERVERS = ("floor", "bound", "edithook")
@@ -30,6 +32,21 @@ class Row:
     value: str
     target: str = "—"
     verdict: str = "—"
+
+
+@dataclass
+class WaiterRun:
+    """The waiter phase (`bench.waiters`): `count` requests held on one task."""
+
+    count: int = 0
+    settled: int = 0
+    # From the completion's commit to the last and the median answer, milliseconds.
+    last_ms: float = math.nan
+    median_ms: float = math.nan
+    # Unrelated single-task GETs with no waiter, and around the completion of the waited task.
+    idle: LoadResult | None = None
+    loaded: LoadResult | None = None
+    errors: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -51,6 +68,7 @@ class Measurements:
     stored_ms: list[float] = field(default_factory=list)
     served_ms: list[float] = field(default_factory=list)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    waiters: WaiterRun | None = None
     notes: list[str] = field(default_factory=list)
     diagnostics: list[str] = field(default_factory=list)
 
@@ -208,6 +226,7 @@ def build_rows(m: Measurements) -> list[Row]:
         Row("completion → stored p99", ms(quantile(m.stored_ms, 0.99))),
         Row("completion → image served p50", ms(quantile(m.served_ms, 0.5))),
     ]
+    rows += _waiter_rows(m.waiters)
     for role in ("api", "worker"):
         peak = m.peak_rss_mb.get(role, math.nan)
         rows.append(
@@ -219,6 +238,35 @@ def build_rows(m: Measurements) -> list[Row]:
             )
         )
     return rows
+
+
+def _waiter_rows(run: WaiterRun | None) -> list[Row]:
+    names = (
+        "waiters: completion → last answered",
+        "waiters: completion → median answered",
+        "waiters: unrelated GET p99 idle",
+        "waiters: unrelated GET p99 with waiters",
+    )
+    if run is None or run.idle is None or run.loaded is None:
+        return [Row(name, "not run") for name in names]
+    ratio = run.loaded.p99_ms / run.idle.p99_ms if run.idle.p99_ms else math.nan
+    answered = run.settled == run.count
+    return [
+        Row(
+            names[0],
+            f"{ms(run.last_ms)} ({run.settled:,} of {run.count:,})",
+            f"≤ {TARGET_WAITERS_LAST_MS:g} ms, all",
+            _verdict(answered and run.last_ms <= TARGET_WAITERS_LAST_MS),
+        ),
+        Row(names[1], ms(run.median_ms)),
+        Row(names[2], ms(run.idle.p99_ms)),
+        Row(
+            names[3],
+            f"{ms(run.loaded.p99_ms)} ({ratio:.2f} ×)",
+            f"≤ {TARGET_WAITERS_P99_OVER_IDLE:g} × idle",
+            _at_most(ratio, TARGET_WAITERS_P99_OVER_IDLE),
+        ),
+    ]
 
 
 def render_text(rows: list[Row]) -> str:

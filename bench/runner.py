@@ -7,7 +7,8 @@ The order of a run:
 2. the simulator and `edithook serve`;
 3. callback ingest: floor, bound, edithook (no worker running); then the receiver's
    statement-by-statement cost, and the leftovers of ingest settled;
-4. listing (first and deep page) and single tasks at `--tasks`; POST /v1/tasks;
+4. listing (first and deep page) and single tasks at `--tasks`; POST /v1/tasks; 1,000
+   requests waiting on one task (`--waiters`), and unrelated GETs meanwhile;
 5. `edithook worker` started: task flows for completion → stored and the submit job;
    the worker stopped;
 6. the table grown to `--big-tasks` and listing measured again (unless `--skip-big`);
@@ -36,6 +37,7 @@ from bench.machine import describe_machine
 from bench.report import Measurements, build_rows, render_markdown, render_text, short_count
 from bench.seed import HISTORY, Target, seed_tasks
 from bench.stack import Stack
+from bench.waiters import WAITERS, run_waiters
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DATABASE_NAME = "edithook_bench"
@@ -54,6 +56,8 @@ class Options:
     ingest_rounds: int
     deep_pages: int
     flows: int
+    waiters: int
+    waiter_window: float
     smoke: bool
     keep: bool
     out: Path
@@ -84,6 +88,9 @@ def parse_args(argv: list[str] | None) -> Options:
         "--deep-pages", type=int, default=100, help="cursors followed from mid-history (100 each)"
     )
     parser.add_argument("--flows", type=int, default=30, help="tasks run to completion")
+    parser.add_argument(
+        "--waiters", type=int, default=WAITERS, help="requests held waiting on one task"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds in all")
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     parser.add_argument("--out", type=Path, help="markdown file (bench/results/latest.md)")
@@ -94,6 +101,7 @@ def parse_args(argv: list[str] | None) -> Options:
     if args.smoke:
         args.tasks, args.big_tasks, args.duration = 2_000, 5_000, 1.0
         args.deep_pages, args.flows, args.ingest_rounds = 3, 3, 1
+        args.waiters = 50
     big = None if args.skip_big or args.big_tasks <= args.tasks else args.big_tasks
     default_out = RESULTS_DIR / ("smoke.md" if args.smoke else "latest.md")
     return Options(
@@ -105,6 +113,10 @@ def parse_args(argv: list[str] | None) -> Options:
         ingest_rounds=args.ingest_rounds,
         deep_pages=args.deep_pages,
         flows=args.flows,
+        waiters=args.waiters,
+        # The unrelated load's measured window around the completion: a few seconds, so that
+        # a stall of the API at the completion weighs in its p99.
+        waiter_window=1.0 if args.smoke else 3.0,
         smoke=args.smoke,
         keep=args.keep,
         out=args.out or default_out,
@@ -164,6 +176,8 @@ def run(options: Options, stack: Stack, m: Measurements) -> None:
     run_listing(stack, m, options.tasks, timing, middle, options.deep_pages, get=True)
     _step("POST /v1/tasks")
     run_post(stack, m, timing)
+    _step(f"{options.waiters:,} requests waiting on one task")
+    run_waiters(stack, m, options.waiters, window=options.waiter_window)
 
     _step(f"edithook worker: {options.flows} tasks from creation to stored")
     stack.start_worker()

@@ -40,6 +40,10 @@ METRICS = {
     "completion → stored p50": 1,
     "completion → stored p99": 1,
     "completion → image served p50": 1,
+    "waiters: completion → last answered": 1,
+    "waiters: completion → median answered": 1,
+    "waiters: unrelated GET p99 idle": 1,
+    "waiters: unrelated GET p99 with waiters": 1,
     "peak RSS api": 1,
     "peak RSS worker": 1,
 }

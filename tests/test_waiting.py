@@ -8,12 +8,17 @@ import logging
 import time
 import uuid
 import warnings
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
 
-from app.waiting import TASK_CHANNEL, TaskWaiter, parse_prefer_wait
+from app.waiting import ANSWERS_PER_TURN, TASK_CHANNEL, TaskWaiter, parse_prefer_wait
+
+if TYPE_CHECKING:
+    pass
 
 
 @pytest.mark.parametrize(
@@ -291,3 +296,58 @@ async def test_stop_leaves_nothing_behind(database_url: str) -> None:
         gc.collect()
     assert asyncio.all_tasks() <= before
     assert caught == []
+
+
+async def test_a_failed_shared_read_is_not_kept(waiter: TaskWaiter) -> None:
+    """The waiters sharing a read that failed all see the failure; the next check reads again."""
+    task_id, answers = uuid.uuid4(), [RuntimeError("database gone"), True]
+    calls = 0
+
+    async def read() -> bool:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0)
+        answer = answers[calls - 1]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def settled() -> bool:
+        return await waiter.read_once(task_id, "alpha", read)
+
+    failing = [asyncio.create_task(waiter.wait_until(task_id, settled, timeout=5)) for _ in "ab"]
+    # Registered while the failing read is shared, so that the task stays watched meanwhile.
+    third = asyncio.create_task(waiter.wait_until(task_id, Settles(), timeout=5))
+    outcomes = await asyncio.gather(*failing, return_exceptions=True)
+    assert [type(o) for o in outcomes] == [RuntimeError, RuntimeError]
+    assert await waiter.wait_until(task_id, settled, timeout=5) is True
+    assert calls == 2
+    third.cancel()
+
+
+async def test_waiters_settled_together_answer_a_few_per_turn_of_the_loop(
+    waiter: TaskWaiter, notify: Callable[[object], Awaitable[None]]
+) -> None:
+    """Many waiters settled by one notification go on to answer a few per turn of the loop."""
+    task_id, settled, count = uuid.uuid4(), Settles(), 20
+    loop = asyncio.get_running_loop()
+    turn, counting = 0, True
+
+    def tick() -> None:
+        nonlocal turn
+        turn += 1
+        if counting:
+            loop.call_soon(tick)
+
+    async def answered_in_turn() -> int:
+        assert await waiter.wait_until(task_id, settled, timeout=20)
+        return turn
+
+    waiting = [asyncio.create_task(answered_in_turn()) for _ in range(count)]
+    await until(lambda: waiter.waiting(task_id) == count)
+    settled.done = True
+    loop.call_soon(tick)
+    await notify(task_id)
+    turns = await asyncio.gather(*waiting)
+    counting = False
+    assert max(Counter(turns).values()) <= ANSWERS_PER_TURN

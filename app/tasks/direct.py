@@ -140,6 +140,8 @@ class Assumed:
     progress: int = 0
     # No `n`: judged against the provider's maximum; the statement checks the task's own.
     request: dict[str, Any] = field(default_factory=dict)
+    usage: dict[str, Any] | None = None
+    estimated_seconds: float | None = None
 
 
 @dataclass(frozen=True)

@@ -204,17 +204,22 @@ async def wait_until_settled(
 ) -> service.TaskView:
     """Hold until the task is settled or `seconds` pass; woken by NOTIFY, not by polling.
 
-    No session is held while waiting: each check takes a connection for one query.
+    No session is held while waiting: each check takes a connection for one query, which
+    every request of this caller waiting on the task shares.
     """
     latest: list[service.TaskView] = []
+    waiter = resources.waiter
+    assert waiter is not None, "the API opens its resources with a waiter"
+
+    async def read() -> service.TaskView:
+        async with resources.sessions() as session:
+            return await service.get_task(session, caller, task_id)
 
     async def settled() -> bool:
-        async with resources.sessions() as session:
-            latest[:] = [await service.get_task(session, caller, task_id)]
+        latest[:] = [await waiter.read_once(task_id, caller, read)]
         return latest[0].settled
 
-    assert resources.waiter is not None, "the API opens its resources with a waiter"
-    done = await resources.waiter.wait_until(task_id, settled, seconds)
+    done = await waiter.wait_until(task_id, settled, seconds)
     response.headers["Preference-Applied"] = f"wait={seconds:g}"
     response.headers["Edithook-Wait"] = "settled" if done else "timed-out"
     if not latest:  # the waiter always checks once; this only guards the type

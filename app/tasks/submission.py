@@ -4,20 +4,32 @@ EvoLink has no idempotency key, so a create may be repeated only when the provid
 did not act on it (a refused connection, 429, 5xx). When the outcome is unknown — the request
 went out and no answer came back — the task stays `submitting` and is never sent again: its
 callback, whose URL names our task, or the reconciler's time limit settles it.
+
+A create the provider answered is never dropped: the answer carries the provider's id, the
+only handle a poll has when the callback is lost. If Postgres is unreachable when the
+answer comes back, the worker keeps retrying to record it, with capped backoff, until it
+succeeds or the unknown-outcome limit since the claim has passed (the reconciler fails the
+task then anyway). The retrying outlives the job if procrastinate cancels it while it stops
+for the outage.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 from psycopg_pool import AsyncConnectionPool
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolCheckoutTimeout
 
 from app.db import DirectUnavailable, fetch_one, transaction
 from app.evolink.client import EvoLinkError
-from app.evolink.schemas import CreateRequest
+from app.evolink.schemas import CreateRequest, ProviderTask
 from app.resources import Resources
 from app.security import callback_path, callback_token
 from app.settings import Settings
@@ -29,6 +41,13 @@ logger = logging.getLogger("edithook.submission")
 
 MAX_BACKOFF_SECONDS = 300.0
 MAX_RETRY_AFTER_SECONDS = 3600.0
+# Pauses between attempts to record a create's answer while Postgres is unreachable:
+# 0.5 s doubling to this cap, so that a restart of a few seconds costs a few seconds.
+MAX_RECORD_BACKOFF_SECONDS = 10.0
+
+# Recordings that outlive their job (cancelled while procrastinate stops for an outage);
+# held here so that they are not garbage-collected mid-way.
+_RECORDING: set[asyncio.Task[None]] = set()
 
 
 def callback_url(settings: Settings, task_id: uuid.UUID) -> str:
@@ -78,6 +97,8 @@ async def submit_task(
     stored = await claim(resources.pool, task_id)
     if stored is None:
         return None
+    # The reconciler gives up on an unconfirmed create this long after the claim.
+    deadline = time.monotonic() + settings.submit_unknown_timeout_seconds
     request = CreateRequest.model_validate(
         {**stored, "callback_url": callback_url(settings, task_id)}
     )
@@ -92,6 +113,94 @@ async def submit_task(
         await _record_failure(resources, task_id, exc)
         return None
 
+    recording = asyncio.create_task(
+        _keep_recording(resources, task_id, created, deadline), name=f"record create {task_id}"
+    )
+    _RECORDING.add(recording)
+    recording.add_done_callback(_RECORDING.discard)
+    try:
+        await asyncio.shield(recording)
+    except asyncio.CancelledError:
+        if not recording.done():
+            logger.warning(
+                "submission job of task %s cancelled; still recording the create's answer "
+                "(provider task %s)",
+                task_id,
+                created.id,
+            )
+        raise
+    return None
+
+
+def _unreachable(exc: Exception) -> bool:
+    """Whether `exc` says the database could not be reached (as opposed to a bug)."""
+    if isinstance(exc, DirectUnavailable | OperationalError | InterfaceError | OSError):
+        return True
+    if isinstance(exc, PoolCheckoutTimeout | psycopg.OperationalError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+async def _keep_recording(
+    resources: Resources, task_id: uuid.UUID, created: ProviderTask, deadline: float
+) -> None:
+    """Record the create's answer, retrying while Postgres is unreachable, until `deadline`
+    (monotonic); if it passes, report the answer loudly: the task then fails by the
+    reconciler's unknown-outcome limit, although the provider has it."""
+    attempt = 0
+    try:
+        while True:
+            try:
+                await _record_answer(resources, task_id, created)
+            except Exception as exc:
+                if not _unreachable(exc):
+                    raise
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    logger.error(
+                        "could not record the create's answer for task %s after %d attempts "
+                        "(%s): the provider created task %s, which edithook will not know; "
+                        "its answer: %s",
+                        task_id,
+                        attempt + 1,
+                        type(exc).__name__,
+                        created.id,
+                        created.model_dump_json(),
+                    )
+                    return
+                pause = min(0.5 * 2**attempt, MAX_RECORD_BACKOFF_SECONDS, remaining)
+                logger.warning(
+                    "recording the create's answer for task %s (provider task %s) failed: "
+                    "%s; attempt %d, retrying in %g s",
+                    task_id,
+                    created.id,
+                    type(exc).__name__,
+                    attempt + 1,
+                    pause,
+                )
+                await asyncio.sleep(pause)
+                attempt += 1
+            else:
+                if attempt:
+                    logger.info(
+                        "recorded the create's answer for task %s after %d failed attempts",
+                        task_id,
+                        attempt,
+                    )
+                return
+    except asyncio.CancelledError:
+        logger.error(
+            "stopped before recording the create's answer for task %s: the provider created "
+            "task %s; its answer: %s",
+            task_id,
+            created.id,
+            created.model_dump_json(),
+        )
+        raise
+
+
+async def _record_answer(resources: Resources, task_id: uuid.UUID, created: ProviderTask) -> None:
+    """Record the create's answer once, by the one-statement path or the careful one."""
     body = created.model_dump_json()
     try:
         written = await direct.record_created(resources.pool, task_id, created, body=body)
@@ -99,13 +208,12 @@ async def submit_task(
         logger.warning("recording the create of task %s through the engine: %s", task_id, exc)
     else:
         if written is not None and written.outcome is not None:
-            return None
+            return
     # A callback got there first, the answer is unusual, or the direct pool is unavailable.
     async with transaction(resources.sessions) as session:
         task = await lock_task(session, task_id)
         task.submitted_at = task.submitted_at or datetime.now(UTC)
         await observe(session, task, created, EventKind.SUBMISSION, body=body)
-    return None
 
 
 async def _record_failure(

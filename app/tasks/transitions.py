@@ -42,6 +42,10 @@ class TaskState(Protocol):
     def progress(self) -> int: ...
     @property
     def request(self) -> dict[str, Any]: ...
+    @property
+    def usage(self) -> dict[str, Any] | None: ...
+    @property
+    def estimated_seconds(self) -> float | None: ...
 
 
 # The provider's largest `n`: no task may have more results than that.
@@ -112,10 +116,14 @@ def judge(task: TaskState, observed: ProviderTask, source: EventKind) -> Verdict
         progress = 100
     if progress is not None and progress > task.progress:
         changes["progress"] = progress
-    if observed.usage is not None:
+    # Only what differs is a change: a provider holding a task repeats its usage and
+    # estimate on every poll, and a repeat must neither count as applied nor wake waiters.
+    if observed.usage is not None and observed.usage != task.usage:
         changes["usage"] = observed.usage
     if observed.task_info is not None and observed.task_info.estimated_time is not None:
-        changes["estimated_seconds"] = float(observed.task_info.estimated_time)
+        estimate = float(observed.task_info.estimated_time)
+        if estimate != task.estimated_seconds:
+            changes["estimated_seconds"] = estimate
 
     if new == current:
         if not changes:

@@ -356,3 +356,53 @@ async def test_a_forged_callback_with_invented_result_urls_fetches_nothing_from_
     assert [r["provider_url"] for r in await result_rows(db, task_id)] == real["results"]
     assert sink.requests == []
     assert (await sim.stats())["file_downloads"] == 2
+
+
+async def test_a_create_answered_while_postgres_is_unreachable_is_recorded_once_it_is_back(
+    db: str, stack: StackFactory, simulator_with: SimulatorFactory, launcher: Launcher
+) -> None:
+    """The worker keeps a create's answer through an outage and records it afterwards."""
+    sim = await simulator_with()
+    # The provider holds its answer while the database goes away, and sends no callback:
+    # the answer is the only way to learn the provider's id.
+    await sim.fault(endpoint="create", mode="accept_then_hang", hang_seconds=2)
+    proxy = TcpProxy(upstream_of(db))
+    await proxy.start()
+    try:
+        deployment = stack(
+            sim.url,
+            database_url=proxied_url(db, proxy.port),
+            poll_floor_seconds=1,
+            poll_factor=1,
+            submit_unknown_timeout_seconds=40,
+        )
+        await deployment.serve()
+        worker = await deployment.worker()
+        task_id = await create_task(deployment, "[sim:no-callback]", n=2)
+
+        async def sent() -> bool:
+            return (await sim.stats())["create_requests"] == 1
+
+        await deployment.wait_until(sent, "the create to be sent")
+        await proxy.go_down()
+
+        async def answer_met_the_outage() -> bool:
+            return f"recording the create of task {task_id}" in worker.log.read_text()
+
+        await deployment.wait_until(answer_met_the_outage, "the answer to meet the outage")
+        await asyncio.sleep(2)  # a few more attempts meet the outage
+        await proxy.come_back()
+
+        task = await deployment.wait_for_status(task_id, ENDED, within=60)
+        [made] = (await sim.client.get("/_sim/tasks")).json()
+        assert (task["status"], task["provider_task_id"]) == ("completed", made["task"]["id"])
+        assert task["resolved_by"] == "poll"
+        submissions = await kinds(db, task_id, "submission")
+        assert [(e["outcome"], e["to_status"]) for e in submissions] == [("applied", "pending")]
+        await deployment.assert_stored_once(task_id, 2)
+        assert (await sim.stats())["creates"] == 1
+    finally:
+        if not proxy.up:
+            await proxy.come_back()
+        await launcher.stop_all()
+        await proxy.close()

@@ -12,6 +12,7 @@ import httpx
 import psycopg
 
 from app.evolink.client import EvoLinkClient
+from app.notify import TASK_CHANNEL
 from app.resources import Resources
 from app.tasks import reconcile, submission, sweep
 from helpers import VALID_EDIT, create_task, events, wait_for_task
@@ -235,3 +236,37 @@ async def test_a_poll_listing_more_results_than_n_fails_the_task_without_rows(
     assert "20000 results" in refreshed["error"]["message"]
     assert refreshed["result_count"] == 0
     assert (await api.get(f"/v1/tasks/{task['id']}/results")).json()["items"] == []
+
+
+async def test_a_poll_that_changes_nothing_is_a_duplicate_and_wakes_nobody(
+    api: httpx.AsyncClient, sim: httpx.AsyncClient, service: object, database_url: str
+) -> None:
+    """A poll repeating the task's state is recorded as `duplicate` and sends no NOTIFY."""
+    resources: Resources = service.resources  # type: ignore[attr-defined]
+    task = await create_task(api, prompt="quiet [sim:no-callback] [sim:hold]")
+    provider_id = (await wait_for_task(api, task["id"], {"pending", "processing"}))[
+        "provider_task_id"
+    ]
+    for _ in range(100):  # until the provider holds it: processing at 90 %, no time left
+        view = (await sim.get(f"/_sim/tasks/{provider_id}")).json()["task"]
+        if view["progress"] == 90 and view["task_info"].get("estimated_time") == 0:
+            break
+        await asyncio.sleep(0.05)
+    first = await reconcile.poll_task(resources, uuid.UUID(task["id"]))
+    assert first.outcome == "applied"
+
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await conn.execute(f"LISTEN {TASK_CHANNEL}")
+        again = await reconcile.poll_task(resources, uuid.UUID(task["id"]))
+        # Notifications arrive in commit order: the marker comes after any the poll sent.
+        marker = str(uuid.uuid4())
+        await conn.execute("SELECT pg_notify(%s, %s)", (TASK_CHANNEL, marker))
+        heard = []
+        async for notification in conn.notifies(timeout=10):
+            heard.append(notification.payload)
+            if notification.payload == marker:
+                break
+    assert again.outcome == "duplicate"
+    assert heard == [marker]
+    polls = [e for e in await events(api, task["id"]) if e["kind"] == "poll"]
+    assert [e["outcome"] for e in polls] == ["applied", "duplicate"]
