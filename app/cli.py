@@ -8,12 +8,17 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app import preflight
 from app.logs import UVICORN_LOG_CONFIG, configure_logging
 from app.preflight import Refused, load_settings, refuse
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 DEV_API_KEYS = "dev:dev-key"
 # Development only: a fixed secret keeps callback URLs valid across restarts of `edithook dev`.
@@ -97,11 +102,22 @@ def migrate() -> int:
     return 0
 
 
+def _simulator_factory(command: str) -> Callable[[], FastAPI]:
+    """`create_simulator_app`, imported only here: the production image does not have it."""
+    try:
+        from evolink_simulator import create_simulator_app
+    except ImportError:
+        raise SystemExit(
+            f"edithook {command} needs the EvoLink simulator, which this installation lacks: "
+            "install edithook from a checkout with the dev extra (pip install -e '.[dev]')."
+        ) from None
+    return create_simulator_app
+
+
 def simulator(port: int) -> int:
     """Run the EvoLink simulator alone (for trying the client, or a `serve` in development)."""
+    create_simulator_app = _simulator_factory("simulator")
     import uvicorn
-
-    from app.evolink.simulator import create_simulator_app
 
     configure_logging("info")
     uvicorn.run(create_simulator_app(), host="127.0.0.1", port=port, log_config=UVICORN_LOG_CONFIG)
@@ -125,7 +141,7 @@ def _embedded_database(data_dir: Path) -> str:
 
 
 async def _run_dev(data_dir: Path, port: int) -> None:
-    from app.evolink.simulator import create_simulator_app
+    create_simulator_app = _simulator_factory("dev")
     from app.main import create_app
     from app.migrate import upgrade_async
     from app.resources import open_resources

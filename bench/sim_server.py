@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from app.evolink.simulator import SimulatorConfig, create_simulator_app
+from evolink_simulator import SimulatorConfig, create_simulator_app
 
 PROCESSING_SECONDS = 0.2
 BENCH_SIMULATOR = SimulatorConfig(pending_seconds=0.0, processing_seconds=PROCESSING_SECONDS)

@@ -19,12 +19,12 @@ import psycopg
 import pytest
 from fastapi import FastAPI
 
-from app.evolink.simulator import SimulatorConfig, create_simulator_app
 from app.main import create_app
 from app.resources import Resources
 from app.servers import RunningServer, bind, socket_url, start_server
 from app.settings import Settings
 from app.worker import run_worker
+from evolink_simulator import SimulatorConfig, create_simulator_app
 from helpers import ALPHA_KEY, BETA_KEY, make_settings, migrated_database
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"

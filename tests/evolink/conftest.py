@@ -15,8 +15,8 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request, Response
 
-from app.evolink.simulator import SimulatorConfig, create_simulator_app
 from app.servers import serving
+from evolink_simulator import SimulatorConfig, create_simulator_app
 
 API_KEY = "sk-evo-test-0123456789"
 VALID_BODY: dict[str, Any] = {

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from app.evolink.simulator import SimulatorConfig
-from app.evolink.simulator.state import Simulator
+from evolink_simulator import SimulatorConfig
+from evolink_simulator.state import Simulator
 
 if TYPE_CHECKING:
     from conftest import CallbackSink, Sim, SimFactory

@@ -17,8 +17,8 @@ import psycopg
 import pytest
 from fastapi import FastAPI
 
-from app.evolink.simulator import SimulatorConfig, create_simulator_app
 from app.servers import RunningServer, bind, serving, socket_url
+from evolink_simulator import SimulatorConfig, create_simulator_app
 from fault_stack import Launcher, Sim, Stack, StackFactory
 from helpers import ALPHA_KEY, CALLBACK_SECRET, migrated_database
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from app.urls import UrlRefused, check_url
+from evolink_simulator.hosts import host_is_public
 
 MODEL = "qwen-image-edit-plus"
 MAX_PROMPT = 2000
@@ -152,16 +152,14 @@ def check_callback_url(url: Any, *, allow_insecure: bool) -> None:
         return
     if urlsplit(url).scheme != "https":
         raise Invalid("callback_url must use HTTPS", "callback_url")
-    # edithook's own rule for URLs: the host is read as a resolver reads it (`127.1`,
-    # `localhost.`, full-width letters, NAT64 and 6to4 forms of loopback are all refused).
-    try:
-        check_url(url)
-    except UrlRefused:
+    # The host is read as a resolver reads it (`127.1`, `localhost.`, full-width letters,
+    # NAT64 and 6to4 forms of loopback are all refused).
+    if not host_is_public(url):
         raise Invalid(
             "callback_url must be a well-formed URL not pointing at internal, private or "
             "loopback addresses",
             "callback_url",
-        ) from None
+        )
 
 
 def parse_directives(prompt: str) -> Directives:

@@ -14,11 +14,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.evolink.simulator.config import SimulatorConfig
-from app.evolink.simulator.errors import error_response
-from app.evolink.simulator.images import DEFAULT_SIZE, colour_for, render_png
-from app.evolink.simulator.state import Fault, SimTask, Simulator
-from app.evolink.simulator.validation import Invalid, validate_create
+from evolink_simulator.config import SimulatorConfig
+from evolink_simulator.errors import error_response
+from evolink_simulator.images import DEFAULT_SIZE, colour_for, render_png
+from evolink_simulator.state import Fault, SimTask, Simulator
+from evolink_simulator.validation import Invalid, validate_create
 
 _DISCONNECT_POLL_SECONDS = 0.05
 

@@ -9,7 +9,7 @@ shortened timings and failure modes that tests and curl users can trigger:
 - control endpoints under `/_sim/` (end a task now, inspect it, counters, injected faults).
 """
 
-from app.evolink.simulator.app import create_simulator_app
-from app.evolink.simulator.config import SimulatorConfig
+from evolink_simulator.app import create_simulator_app
+from evolink_simulator.config import SimulatorConfig
 
 __all__ = ["SimulatorConfig", "create_simulator_app"]

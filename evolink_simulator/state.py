@@ -17,8 +17,8 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, Field
 
-from app.evolink.simulator.config import SimulatorConfig
-from app.evolink.simulator.validation import MODEL, Edit
+from evolink_simulator.config import SimulatorConfig
+from evolink_simulator.validation import MODEL, Edit
 
 logger = logging.getLogger("edithook.simulator")
 
