@@ -1,4 +1,9 @@
-"""The worker process: runs submissions, result copies, reconciliation, the sweeper, pruning."""
+"""The worker process: runs submissions, result copies, reconciliation, the sweeper, pruning.
+
+The one place with a procrastinate App: it is built here from the jobs' Blueprints
+(`app.tasks.jobs`, `app.results.jobs`) and opened by `run_worker`. The API has none; it
+enqueues through its own SQL session (`app.jobs.enqueue`).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,15 @@ import asyncio
 import contextlib
 import logging
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import procrastinate
+
 from app.resources import Resources
+from app.results import jobs as result_jobs
+from app.settings import Settings
+from app.tasks import jobs as task_jobs
 
 logger = logging.getLogger("edithook.worker")
 
@@ -18,6 +29,35 @@ MAX_RESTART_DELAY_SECONDS = 30.0
 # healthcheck`). Stale spans the longest restart delay and a few missed beats.
 HEARTBEAT_SECONDS = 10.0
 HEARTBEAT_STALE_SECONDS = 60.0
+
+
+# procrastinate's pool: the worker fetches, finishes and retries jobs and beats its
+# procrastinate heartbeat through it.
+JOB_POOL_SIZE = 4
+
+
+def create_job_app(database_url: str, *, pool_size: int = JOB_POOL_SIZE) -> procrastinate.App:
+    """A procrastinate App on `database_url` (a plain postgresql:// URL) with every job."""
+    connector = procrastinate.PsycopgConnector(
+        conninfo=database_url, min_size=1, max_size=pool_size
+    )
+    job_app = procrastinate.App(connector=connector)
+    for blueprint in (task_jobs.blueprint(), result_jobs.blueprint()):
+        # No namespace: procrastinate would prefix it to the job names, which are stored in
+        # its rows and matched by our SQL (app.jobs).
+        job_app.add_tasks_from(blueprint, namespace="")
+    return job_app
+
+
+@contextlib.asynccontextmanager
+async def open_job_app(settings: Settings) -> AsyncIterator[procrastinate.App]:
+    """The worker's procrastinate App, open; closed on exit."""
+    job_app = create_job_app(settings.database_url)
+    await job_app.open_async()
+    try:
+        yield job_app
+    finally:
+        await job_app.close_async()
 
 
 def heartbeat_path() -> Path:
@@ -52,22 +92,28 @@ async def run_worker(
     alive but idle. Cancellation stops it gracefully, letting running jobs finish.
 
     With `heartbeat`, that file is touched while procrastinate's worker runs, and removed
-    when this returns.
+    when this returns. The procrastinate App is opened here, once, and closed on return.
     """
     try:
-        await _run(resources, stop, heartbeat)
+        async with open_job_app(resources.settings) as job_app:
+            await _run(job_app, resources, stop, heartbeat)
     finally:
         if heartbeat is not None:
             heartbeat.unlink(missing_ok=True)  # noqa: ASYNC240
 
 
-async def _run(resources: Resources, stop: asyncio.Event | None, heartbeat: Path | None) -> None:
+async def _run(
+    job_app: procrastinate.App,
+    resources: Resources,
+    stop: asyncio.Event | None,
+    heartbeat: Path | None,
+) -> None:
     stop = stop or asyncio.Event()
     delay = 1.0
     while not stop.is_set():
         logger.info("worker started (concurrency %d)", resources.settings.worker_concurrency)
         jobs = asyncio.create_task(
-            resources.job_app.run_worker_async(
+            job_app.run_worker_async(
                 concurrency=resources.settings.worker_concurrency,
                 additional_context={"resources": resources},
                 install_signal_handlers=False,
