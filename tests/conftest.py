@@ -128,8 +128,10 @@ async def service(
     settings = make_settings(database_url, simulator.url, public_url, storage_url=str(storage))
     app = create_app(settings)
     running = await start_server(app, sock=sock)
-    # As in production: the worker's pools and procrastinate App are not the API's.
-    async with open_resources(settings) as worker_resources:
+    # As in production, the worker's pools and procrastinate App are not the API's; smaller
+    # pools keep the run's peak (API 4P + 1, worker 2·4 + 5) well under 50 connections.
+    worker_settings = settings.model_copy(update={"db_pool_size": 2})
+    async with open_resources(worker_settings) as worker_resources:
         worker = asyncio.create_task(run_worker(worker_resources))
         yield Service(server=running, app=app, settings=settings)
         worker.cancel()
