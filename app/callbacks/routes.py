@@ -13,7 +13,6 @@ from app.resources import Resources
 from app.security import token_matches
 from app.tasks.lifecycle import EventOutcome
 
-
 router = APIRouter(tags=["callbacks"])
 
 
