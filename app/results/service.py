@@ -144,7 +144,7 @@ async def _load(
 ) -> tuple[str, datetime, int] | None:
     """The task's provider id, completion time and result limit (its n), or None when there
     is nothing to do."""
-    async with sessions() as session:
+    async with transaction(sessions) as session:
         row = (
             await session.execute(
                 select(
