@@ -13,7 +13,7 @@ from fastapi.responses import StreamingResponse
 
 from app.deps import NOT_FOUND, PROBLEM, CallerDep, ResourcesDep, SessionDep, parse_task_id
 from app.errors import Conflict, NotFound, ProblemError, ServiceUnavailable
-from app.results.service import find_result, list_results
+from app.results import service
 from app.results.storage import StorageError
 from app.tasks.lifecycle import ResultStatus
 from app.tasks.schemas import ResultList, ResultRead
@@ -51,9 +51,9 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
 
 
 @router.get("/{task_id}/results", summary="List a task's result images", responses=NOT_FOUND)
-async def get_result_list(task_id: str, caller: CallerDep, session: SessionDep) -> ResultList:
+async def list_results(task_id: str, caller: CallerDep, session: SessionDep) -> ResultList:
     parsed = parse_task_id(task_id)
-    results = await list_results(session, caller, parsed)
+    results = await service.list_results(session, caller, parsed)
     return ResultList(
         task_id=parsed,
         all_stored=bool(results) and all(r.status == ResultStatus.STORED for r in results),
@@ -92,7 +92,7 @@ async def get_result_image(
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     parsed_id, parsed_index = _parse(task_id, index)
-    result = await find_result(session, caller, parsed_id, parsed_index)
+    result = await service.find_result(session, caller, parsed_id, parsed_index)
     if result.status == ResultStatus.PENDING:
         raise Conflict(
             "The result is not stored yet.",
