@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import procrastinate
 
+from app.heartbeat import beat
 from app.resources import Resources
 from app.results import jobs as result_jobs
 from app.settings import Settings
@@ -23,12 +23,8 @@ from app.tasks import jobs as task_jobs
 
 logger = logging.getLogger("edithook.worker")
 
+# The heartbeat's staleness limit (app.heartbeat) spans this and a few missed beats.
 MAX_RESTART_DELAY_SECONDS = 30.0
-# The heartbeat is touched after every this many seconds of the job worker running; a
-# heartbeat older than HEARTBEAT_STALE_SECONDS means the worker is not working (`edithook
-# healthcheck`). Stale spans the longest restart delay and a few missed beats.
-HEARTBEAT_SECONDS = 10.0
-HEARTBEAT_STALE_SECONDS = 60.0
 
 
 # procrastinate's pool: the worker fetches, finishes and retries jobs and beats its
@@ -58,26 +54,6 @@ async def open_job_app(settings: Settings) -> AsyncIterator[procrastinate.App]:
         yield job_app
     finally:
         await job_app.close_async()
-
-
-def heartbeat_path() -> Path:
-    """Where `edithook worker` keeps its heartbeat: the temporary folder (TMPDIR)."""
-    return Path(tempfile.gettempdir()) / "edithook-worker.heartbeat"
-
-
-async def _beat(path: Path) -> None:
-    """Touch `path` every HEARTBEAT_SECONDS, starting one interval in.
-
-    Waiting first means a worker that procrastinate stops at once (the database is gone) and
-    that is restarted again and again never looks alive.
-    """
-    while True:
-        await asyncio.sleep(HEARTBEAT_SECONDS)
-        try:
-            # A file in the temporary folder: nothing worth a thread.
-            path.touch()  # noqa: ASYNC240
-        except OSError as exc:
-            logger.error("cannot write the heartbeat %s: %s", path, exc)
 
 
 async def run_worker(
@@ -121,7 +97,7 @@ async def _run(
             )
         )
         stopping = asyncio.create_task(stop.wait())
-        beating = asyncio.create_task(_beat(heartbeat)) if heartbeat is not None else None
+        beating = asyncio.create_task(beat(heartbeat)) if heartbeat is not None else None
         try:
             await asyncio.wait({jobs, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
