@@ -129,7 +129,7 @@ async def service(
     app = create_app(settings)
     running = await start_server(app, sock=sock)
     # As in production, the worker's pools and procrastinate App are not the API's; smaller
-    # pools keep the run's peak (API 4P + 1, worker 2·4 + 5) well under 50 connections.
+    # pools keep the run's peak (API 4·4 + 1 = 17, worker 4·2 + 5 = 13) well under 50.
     worker_settings = settings.model_copy(update={"db_pool_size": 2})
     async with open_resources(worker_settings) as worker_resources:
         worker = asyncio.create_task(run_worker(worker_resources))
