@@ -70,8 +70,9 @@ def worker() -> int:
 
 
 async def _run_worker(settings: Settings) -> None:
+    from app.heartbeat import heartbeat_path
     from app.resources import open_resources
-    from app.worker import heartbeat_path, run_worker
+    from app.worker import run_worker
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

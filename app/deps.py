@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 import structlog
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import Unauthorized
+from app.errors import PROBLEM_JSON, NotFound, Unauthorized
 from app.resources import Resources
 from app.security import ApiKeys
 
@@ -30,7 +31,12 @@ ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
 
 async def get_session(resources: ResourcesDep) -> AsyncIterator[AsyncSession]:
-    """One transaction per request: committed when the route returns, rolled back on error."""
+    """One transaction per request: committed when the route returns, rolled back on error.
+
+    The rule of the house: the edge (this request, or a job function) owns the transaction
+    and services take the session and never commit. The few flows that must commit before
+    they answer (they wait, or call the provider) are named in `app.tasks.routes`.
+    """
     async with resources.sessions() as session, session.begin():
         yield session
 
@@ -38,6 +44,20 @@ async def get_session(resources: ResourcesDep) -> AsyncIterator[AsyncSession]:
 # scope="function": the transaction ends before the response is sent, so a 2xx always
 # follows the commit and no connection idles in a transaction while the client reads.
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+
+PROBLEM: dict[str, Any] = {"content": {PROBLEM_JSON: {}}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such task for this client.", **PROBLEM}
+}
+
+
+def parse_task_id(task_id: str) -> uuid.UUID:
+    """A task id from the path; a malformed one names no task, so it is a 404."""
+    try:
+        return uuid.UUID(task_id)
+    except ValueError:
+        raise NotFound("No such task.") from None
 
 
 CHALLENGE = {"WWW-Authenticate": "Bearer"}

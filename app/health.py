@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.request
 
-from app.worker import HEARTBEAT_STALE_SECONDS, heartbeat_path
+from app.heartbeat import HEARTBEAT_STALE_SECONDS, heartbeat_path
 
 HTTP_TIMEOUT_SECONDS = 2.0
 

@@ -1,4 +1,8 @@
-"""Background jobs on procrastinate: the app, how jobs are enqueued, how they retry.
+"""Background jobs on procrastinate: their names, how they are enqueued, how they retry.
+
+A leaf: anything may import it, and it imports nothing of edithook's. Jobs are declared where
+they live (`app.tasks.jobs`, `app.results.jobs`, each a procrastinate Blueprint) and put
+together into the worker's App in `app.worker`; no other process has a procrastinate App.
 
 Jobs live in the same Postgres as the tasks. They are enqueued inside the transaction that
 makes them necessary (a new task, a completion), so a committed change never lacks its job
@@ -27,6 +31,8 @@ RECONCILE = "reconcile"
 SWEEP = "sweep"
 PRUNE = "prune"
 
+# Job names are stored in procrastinate's rows and matched by SQL (the sweeper, enqueue):
+# they are a contract with the database, kept exactly as they are.
 # Failures a job did not foresee (a database outage, a bug) are retried this many times.
 UNEXPECTED_FAILURE_ATTEMPTS = 10
 
@@ -50,20 +56,6 @@ class JobRetry(BaseRetryStrategy):
         else:
             delay = min(300.0, float(2**job.attempts))
         return RetryDecision(retry_at=datetime.now(UTC) + timedelta(seconds=delay))
-
-
-def create_job_app(database_url: str, *, pool_size: int = 4) -> procrastinate.App:
-    """A procrastinate app on `database_url` (a plain postgresql:// URL) with every job."""
-    from app.results import jobs as result_jobs
-    from app.tasks import jobs as task_jobs
-
-    connector = procrastinate.PsycopgConnector(
-        conninfo=database_url, min_size=1, max_size=pool_size
-    )
-    job_app = procrastinate.App(connector=connector)
-    task_jobs.register(job_app)
-    result_jobs.register(job_app)
-    return job_app
 
 
 def resources_of(context: procrastinate.JobContext) -> Resources:

@@ -13,7 +13,7 @@ from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import text
 
-from app.deps import ResourcesDep
+from app.deps import SessionDep
 from app.tasks.reconcile import callback_loss
 
 router = APIRouter(tags=["ops"])
@@ -36,20 +36,19 @@ def _line(name: str, value: float, **labels: str) -> str:
         "provider-decided endings learnt by polling), and result copies still pending."
     ),
 )
-async def get_metrics(resources: ResourcesDep) -> PlainTextResponse:
-    async with resources.sessions() as session:
-        in_flight = (
-            await session.execute(
-                text(
-                    "SELECT status, count(*) FROM tasks WHERE status IN"
-                    " ('queued', 'submitting', 'pending', 'processing') GROUP BY status"
-                )
+async def get_metrics(session: SessionDep) -> PlainTextResponse:
+    in_flight = (
+        await session.execute(
+            text(
+                "SELECT status, count(*) FROM tasks WHERE status IN"
+                " ('queued', 'submitting', 'pending', 'processing') GROUP BY status"
             )
-        ).all()
-        finished = await callback_loss(session, datetime.now(UTC) - WINDOW)
-        pending_results = await session.scalar(
-            text("SELECT count(*) FROM task_results WHERE status = 'pending'")
         )
+    ).all()
+    finished = await callback_loss(session, datetime.now(UTC) - WINDOW)
+    pending_results = await session.scalar(
+        text("SELECT count(*) FROM task_results WHERE status = 'pending'")
+    )
     counts = {str(status): int(count) for status, count in in_flight}
     lines = [
         "# HELP edithook_tasks_in_flight Tasks not yet terminal, by status.",

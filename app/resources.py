@@ -9,13 +9,11 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import httpx
-import procrastinate
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.db import create_engine, create_pool, create_sessionmaker
 from app.evolink.client import EvoLinkClient, build_http_client
-from app.jobs import create_job_app
 from app.results.storage import ResultStorage
 from app.security import ApiKeys
 from app.settings import Settings
@@ -32,7 +30,6 @@ class Resources:
     pool: AsyncConnectionPool
     evolink: EvoLinkClient
     api_keys: ApiKeys
-    job_app: procrastinate.App
     storage: ResultStorage
     # Result downloads get their own client: other hosts, other limits than the provider API.
     download_http: httpx.AsyncClient
@@ -56,20 +53,16 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-# procrastinate's pool: a worker fetches, finishes and retries jobs and beats its heartbeat
-# through it. The API never calls procrastinate (it enqueues through its own session).
-WORKER_JOB_POOL_SIZE = 4
-API_JOB_POOL_SIZE = 1
-
-
 @asynccontextmanager
 async def open_resources(settings: Settings, *, listen: bool = False) -> AsyncIterator[Resources]:
-    """Build the engine, job app, storage and HTTP clients for `settings`; close them on exit.
+    """Build the engine, pools, storage and HTTP clients for `settings`; close them on exit.
 
-    With `listen` (the API), also a TaskWaiter holding one LISTEN connection for waiting
-    requests. The most Postgres connections a process opens, with P = EDITHOOK_DB_POOL_SIZE:
-    2P (engine) + 2P (direct pool) + procrastinate's pool (API 1, worker 4) + one LISTEN
-    (the API's waiter, or procrastinate's listener in a worker): 4P + 2 and 4P + 5.
+    No procrastinate App: the API enqueues through its own sessions (`app.jobs.enqueue`),
+    and the worker opens its App itself (`app.worker`). With `listen` (the API), also a
+    TaskWaiter holding one LISTEN connection for waiting requests. The most Postgres
+    connections a process opens, with P = EDITHOOK_DB_POOL_SIZE: 2P (engine) + 2P (direct
+    pool), plus in the API one LISTEN (4P + 1), in a worker procrastinate's pool of 4 and its
+    listener (4P + 5).
     """
     engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
     pool = create_pool(settings.database_url, pool_size=settings.db_pool_size)
@@ -78,13 +71,9 @@ async def open_resources(settings: Settings, *, listen: bool = False) -> AsyncIt
         read_timeout=settings.provider_read_timeout_seconds,
     )
     download_http = build_http_client(connect_timeout=10.0, read_timeout=60.0)
-    job_app = create_job_app(
-        settings.database_url, pool_size=API_JOB_POOL_SIZE if listen else WORKER_JOB_POOL_SIZE
-    )
     waiter = TaskWaiter(settings.database_url) if listen else None
     try:
         await pool.open(wait=True)
-        await job_app.open_async()
         if waiter is not None:
             await waiter.start()
         settle_heap()
@@ -99,7 +88,6 @@ async def open_resources(settings: Settings, *, listen: bool = False) -> AsyncIt
                 settings.evolink_api_key.get_secret_value(),
             ),
             api_keys=ApiKeys(settings.client_keys),
-            job_app=job_app,
             storage=ResultStorage(settings.storage_url),
             download_http=download_http,
             waiter=waiter,
@@ -107,7 +95,6 @@ async def open_resources(settings: Settings, *, listen: bool = False) -> AsyncIt
     finally:
         if waiter is not None:
             await waiter.stop()
-        await job_app.close_async()
         await download_http.aclose()
         await provider_http.aclose()
         await pool.close()

@@ -1,43 +1,59 @@
-"""The worker process: runs submissions, result copies, reconciliation, the sweeper, pruning."""
+"""The worker process: runs submissions, result copies, reconciliation, the sweeper, pruning.
+
+The one place with a procrastinate App: it is built here from the jobs' Blueprints
+(`app.tasks.jobs`, `app.results.jobs`) and opened by `run_worker`. The API has none; it
+enqueues through its own SQL session (`app.jobs.enqueue`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import procrastinate
+
+from app.heartbeat import beat
 from app.resources import Resources
+from app.results import jobs as result_jobs
+from app.settings import Settings
+from app.tasks import jobs as task_jobs
 
 logger = logging.getLogger("edithook.worker")
 
+# The heartbeat's staleness limit (app.heartbeat) spans this and a few missed beats.
 MAX_RESTART_DELAY_SECONDS = 30.0
-# The heartbeat is touched after every this many seconds of the job worker running; a
-# heartbeat older than HEARTBEAT_STALE_SECONDS means the worker is not working (`edithook
-# healthcheck`). Stale spans the longest restart delay and a few missed beats.
-HEARTBEAT_SECONDS = 10.0
-HEARTBEAT_STALE_SECONDS = 60.0
 
 
-def heartbeat_path() -> Path:
-    """Where `edithook worker` keeps its heartbeat: the temporary folder (TMPDIR)."""
-    return Path(tempfile.gettempdir()) / "edithook-worker.heartbeat"
+# procrastinate's pool: the worker fetches, finishes and retries jobs and beats its
+# procrastinate heartbeat through it.
+JOB_POOL_SIZE = 4
 
 
-async def _beat(path: Path) -> None:
-    """Touch `path` every HEARTBEAT_SECONDS, starting one interval in.
+def create_job_app(database_url: str, *, pool_size: int = JOB_POOL_SIZE) -> procrastinate.App:
+    """A procrastinate App on `database_url` (a plain postgresql:// URL) with every job."""
+    connector = procrastinate.PsycopgConnector(
+        conninfo=database_url, min_size=1, max_size=pool_size
+    )
+    job_app = procrastinate.App(connector=connector)
+    for blueprint in (task_jobs.blueprint(), result_jobs.blueprint()):
+        # No namespace: procrastinate would prefix it to the job names, which are stored in
+        # its rows and matched by our SQL (app.jobs).
+        job_app.add_tasks_from(blueprint, namespace="")
+    return job_app
 
-    Waiting first means a worker that procrastinate stops at once (the database is gone) and
-    that is restarted again and again never looks alive.
-    """
-    while True:
-        await asyncio.sleep(HEARTBEAT_SECONDS)
-        try:
-            # A file in the temporary folder: nothing worth a thread.
-            path.touch()  # noqa: ASYNC240
-        except OSError as exc:
-            logger.error("cannot write the heartbeat %s: %s", path, exc)
+
+@contextlib.asynccontextmanager
+async def open_job_app(settings: Settings) -> AsyncIterator[procrastinate.App]:
+    """The worker's procrastinate App, open; closed on exit."""
+    job_app = create_job_app(settings.database_url)
+    await job_app.open_async()
+    try:
+        yield job_app
+    finally:
+        await job_app.close_async()
 
 
 async def run_worker(
@@ -52,22 +68,28 @@ async def run_worker(
     alive but idle. Cancellation stops it gracefully, letting running jobs finish.
 
     With `heartbeat`, that file is touched while procrastinate's worker runs, and removed
-    when this returns.
+    when this returns. The procrastinate App is opened here, once, and closed on return.
     """
     try:
-        await _run(resources, stop, heartbeat)
+        async with open_job_app(resources.settings) as job_app:
+            await _run(job_app, resources, stop, heartbeat)
     finally:
         if heartbeat is not None:
             heartbeat.unlink(missing_ok=True)  # noqa: ASYNC240
 
 
-async def _run(resources: Resources, stop: asyncio.Event | None, heartbeat: Path | None) -> None:
+async def _run(
+    job_app: procrastinate.App,
+    resources: Resources,
+    stop: asyncio.Event | None,
+    heartbeat: Path | None,
+) -> None:
     stop = stop or asyncio.Event()
     delay = 1.0
     while not stop.is_set():
         logger.info("worker started (concurrency %d)", resources.settings.worker_concurrency)
         jobs = asyncio.create_task(
-            resources.job_app.run_worker_async(
+            job_app.run_worker_async(
                 concurrency=resources.settings.worker_concurrency,
                 additional_context={"resources": resources},
                 install_signal_handlers=False,
@@ -75,7 +97,7 @@ async def _run(resources: Resources, stop: asyncio.Event | None, heartbeat: Path
             )
         )
         stopping = asyncio.create_task(stop.wait())
-        beating = asyncio.create_task(_beat(heartbeat)) if heartbeat is not None else None
+        beating = asyncio.create_task(beat(heartbeat)) if heartbeat is not None else None
         try:
             await asyncio.wait({jobs, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:

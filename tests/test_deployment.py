@@ -10,11 +10,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import yaml
 
 from app.resources import Resources, open_resources
 from app.settings import Settings
+from app.worker import open_job_app
 from helpers import make_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,14 +120,7 @@ def test_the_worker_has_a_health_check_of_its_own() -> None:
 def _most_connections(resources: Resources) -> int:
     """The most connections these resources may hold at once, read from their pools."""
     engine_pool: Any = resources.engine.pool
-    return (
-        engine_pool.size()
-        + engine_pool._max_overflow
-        + resources.pool.max_size
-        + resources.job_app.connector.pool.max_size  # type: ignore[attr-defined]
-        # The API's LISTEN connection for waiting requests, or the worker's procrastinate one.
-        + 1
-    )
+    return engine_pool.size() + engine_pool._max_overflow + resources.pool.max_size
 
 
 async def test_api_and_worker_fit_well_inside_postgres_default_connections(
@@ -142,6 +137,40 @@ async def test_api_and_worker_fit_well_inside_postgres_default_connections(
     async with (
         open_resources(settings, listen=True) as api,
         open_resources(settings) as worker,
+        open_job_app(settings) as jobs,
     ):
-        total = _most_connections(api) + _most_connections(worker)
-    assert total <= 40
+        # The API's LISTEN connection for waiting requests; procrastinate's pool and its
+        # listener in the worker.
+        api_total = _most_connections(api) + 1
+        worker_total = _most_connections(worker) + jobs.connector.pool.max_size + 1  # type: ignore[attr-defined]
+    assert api_total + worker_total <= 40
+
+
+async def _connections_to(url: str) -> int:
+    """How many connections other than this one the database of `url` has now."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        cursor = await conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_the_api_opens_no_procrastinate_pool(
+    private_database_url: str, tmp_path: Path
+) -> None:
+    """An API process holds its direct pool and its LISTEN connection, and no job pool."""
+    settings = make_settings(
+        private_database_url,
+        "http://127.0.0.1:9",
+        "http://127.0.0.1:8000",
+        storage_url=str(tmp_path),
+        db_pool_size=2,
+    )
+    before = await _connections_to(private_database_url)
+    async with open_resources(settings, listen=True) as api:
+        opened = await _connections_to(private_database_url) - before
+    # The engine connects on first use; the direct pool opens its minimum at once.
+    assert opened == api.pool.min_size + 1

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 import uuid
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from psycopg import Error as DriverError
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from app.callbacks.service import chosen_headers, record_callback
-from app.errors import BadRequest, BodyTooLarge, NotFound, PayloadTooLarge, ServiceUnavailable
+from app.errors import BadRequest, BodyTooLarge, NotFound, PayloadTooLarge
 from app.resources import Resources
 from app.security import token_matches
 from app.tasks.lifecycle import EventOutcome
-
-logger = logging.getLogger("edithook.callbacks")
 
 router = APIRouter(tags=["callbacks"])
 
@@ -68,19 +63,17 @@ async def receive_evolink_callback(task_id: str, token: str, request: Request) -
         raise NotFound()
     body, size = await read_limited(request)
     headers = chosen_headers(request.headers, request.client.host if request.client else None)
-    try:
-        outcome = await record_callback(
-            resources.sessions,
-            resources.pool,
-            parsed_id,
-            body,
-            headers,
-            oversize_bytes=None if body is not None else size,
-            token=token,
-        )
-    except (OperationalError, InterfaceError, DBAPIError, DriverError, OSError) as exc:
-        logger.error("could not record a callback for task %s: %s", parsed_id, type(exc).__name__)
-        raise ServiceUnavailable("The callback could not be recorded; retry.") from exc
+    # A database that cannot be reached is a 503 with Retry-After, as on every route
+    # (app.errors); any other status but 2xx has EvoLink deliver again, too.
+    outcome = await record_callback(
+        resources.sessions,
+        resources.pool,
+        parsed_id,
+        body,
+        headers,
+        oversize_bytes=None if body is not None else size,
+        token=token,
+    )
     if outcome is None:
         raise NotFound()
     if body is None:

@@ -1,4 +1,7 @@
-"""The job that copies a completed task's result images into our storage."""
+"""The job that copies a completed task's result images into our storage, and its Blueprint.
+
+`app.worker` adds `blueprint()` to the worker's procrastinate App; nothing else runs it.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,7 @@ from datetime import timedelta
 import procrastinate
 import structlog
 
-from app import jobs
-from app.jobs import JobRetry, RetryLater, resources_of
+from app.jobs import STORE_RESULTS, JobRetry, RetryLater, resources_of
 from app.results.service import store_task_results
 from app.security import callback_token
 
@@ -34,5 +36,8 @@ async def store_results_job(context: procrastinate.JobContext, task_id: str) -> 
         raise RetryLater(f"{report.pending} result(s) not stored yet", report.retry_in)
 
 
-def register(job_app: procrastinate.App) -> None:
-    job_app.task(name=jobs.STORE_RESULTS, pass_context=True, retry=JobRetry())(store_results_job)
+def blueprint() -> procrastinate.Blueprint:
+    """The result job on a Blueprint of its own; a new one per call (see app.tasks.jobs)."""
+    jobs = procrastinate.Blueprint()
+    jobs.task(name=STORE_RESULTS, pass_context=True, retry=JobRetry())(store_results_job)
+    return jobs

@@ -1,20 +1,22 @@
-"""Serving stored result images: `GET /v1/tasks/{task_id}/results/{index}`."""
+"""A task's result images: the list (`GET /v1/tasks/{task_id}/results`) and each stored
+image (`GET /v1/tasks/{task_id}/results/{index}`)."""
 
 from __future__ import annotations
 
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Response
 from fastapi.responses import StreamingResponse
 
-from app.deps import CallerDep, ResourcesDep, SessionDep
+from app.deps import NOT_FOUND, PROBLEM, CallerDep, ResourcesDep, SessionDep, parse_task_id
 from app.errors import Conflict, NotFound, ProblemError, ServiceUnavailable
-from app.results.service import find_result
+from app.results import service
 from app.results.storage import StorageError
 from app.tasks.lifecycle import ResultStatus
+from app.tasks.schemas import ResultList, ResultRead
 
 logger = logging.getLogger("edithook.results")
 
@@ -25,7 +27,6 @@ CACHE_CONTROL = "private, max-age=31536000, immutable"
 PENDING_RETRY_SECONDS = 5
 
 _MAX_INDEX = 2**31 - 1
-_PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 
 
 class Gone(ProblemError):
@@ -34,10 +35,7 @@ class Gone(ProblemError):
 
 def _parse(task_id: str, index: str) -> tuple[uuid.UUID, int]:
     """Path values as typed ids; anything malformed names nothing, so it is a 404."""
-    try:
-        parsed = uuid.UUID(task_id)
-    except ValueError:
-        raise NotFound("No such task.") from None
+    parsed = parse_task_id(task_id)
     # Bounded so that a huge number is a 404 here rather than an overflow in the database.
     if not index.isascii() or not index.isdigit() or int(index) > _MAX_INDEX:
         raise NotFound(f"The task has no result {index!r}.")
@@ -52,6 +50,17 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
     return any(tag == "*" or tag.removeprefix("W/") == etag for tag in candidates)
 
 
+@router.get("/{task_id}/results", summary="List a task's result images", responses=NOT_FOUND)
+async def list_results(task_id: str, caller: CallerDep, session: SessionDep) -> ResultList:
+    parsed = parse_task_id(task_id)
+    results = await service.list_results(session, caller, parsed)
+    return ResultList(
+        task_id=parsed,
+        all_stored=bool(results) and all(r.status == ResultStatus.STORED for r in results),
+        items=[ResultRead.model_validate(result, from_attributes=True) for result in results],
+    )
+
+
 @router.get(
     "/{task_id}/results/{index}",
     summary="Download a stored result image",
@@ -64,14 +73,14 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
     responses={
         200: {"description": "The image.", "content": {"image/*": {}}},
         304: {"description": "`If-None-Match` matched; no body."},
-        404: {"description": "No such task for this client, or no such result.", **_PROBLEM},
+        404: {"description": "No such task for this client, or no such result.", **PROBLEM},
         409: {
             "description": "Not stored yet; retry after `Retry-After` seconds.",
             "headers": {"Retry-After": {"schema": {"type": "string"}, "required": True}},
-            **_PROBLEM,
+            **PROBLEM,
         },
-        410: {"description": "The image could not be copied; `detail` says why.", **_PROBLEM},
-        503: {"description": "The storage could not be read.", **_PROBLEM},
+        410: {"description": "The image could not be copied; `detail` says why.", **PROBLEM},
+        503: {"description": "The storage could not be read.", **PROBLEM},
     },
 )
 async def get_result_image(
@@ -83,7 +92,7 @@ async def get_result_image(
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     parsed_id, parsed_index = _parse(task_id, index)
-    result = await find_result(session, caller, parsed_id, parsed_index)
+    result = await service.find_result(session, caller, parsed_id, parsed_index)
     if result.status == ResultStatus.PENDING:
         raise Conflict(
             "The result is not stored yet.",

@@ -3,6 +3,8 @@
 `store_task_results` is a job body: it owns its transactions, keeps each one short, and
 never holds one open across a call to the provider, a download or a storage write. It is
 safe to run any number of times, concurrently too: a row is stored or failed at most once.
+`list_results` and `find_result` serve the routes: they take the request's session and
+never commit.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from app.notify import notify_task_changed
 from app.results.fetch import FetchError, fetch_image
 from app.results.storage import ResultStorage, StorageError
 from app.tasks.lifecycle import EventKind, EventOutcome, ResultStatus, TaskStatus
+from app.tasks.service import require_owned
 from app.tasks.transitions import result_limit
 
 LINK_TTL: Final = timedelta(hours=24)
@@ -141,7 +144,7 @@ async def _load(
 ) -> tuple[str, datetime, int] | None:
     """The task's provider id, completion time and result limit (its n), or None when there
     is nothing to do."""
-    async with sessions() as session:
+    async with transaction(sessions) as session:
         row = (
             await session.execute(
                 select(
@@ -427,13 +430,17 @@ async def _notify_if_settled(session: AsyncSession, task_id: uuid.UUID) -> None:
         await notify_task_changed(session, task_id)
 
 
+async def list_results(session: AsyncSession, client: str, task_id: uuid.UUID) -> list[TaskResult]:
+    """The client's task's results, by index; NotFound for another client's task."""
+    await require_owned(session, client, task_id)
+    return await _results(session, task_id)
+
+
 async def find_result(
     session: AsyncSession, client: str, task_id: uuid.UUID, index: int
 ) -> TaskResult:
     """Result `index` of the client's task; NotFound for another client's task or no such row."""
-    task = await session.scalar(select(Task.id).where(Task.id == task_id, Task.client == client))
-    if task is None:
-        raise NotFound("No such task.")
+    await require_owned(session, client, task_id)
     result = await session.scalar(
         select(TaskResult).where(TaskResult.task_id == task_id, TaskResult.index == index)
     )

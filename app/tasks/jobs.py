@@ -1,4 +1,7 @@
-"""The task jobs: thin wrappers that take ids and call the services."""
+"""The task jobs: thin wrappers that take ids and call the services, and their Blueprint.
+
+`app.worker` adds `blueprint()` to the worker's procrastinate App; nothing else runs them.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,7 @@ import uuid
 import procrastinate
 import structlog
 
-from app import jobs
-from app.jobs import JobRetry, RetryLater, resources_of
+from app.jobs import PRUNE, RECONCILE, SUBMIT_TASK, SWEEP, JobRetry, RetryLater, resources_of
 from app.tasks import reconcile, submission, sweep
 
 
@@ -33,16 +35,22 @@ async def prune_job(context: procrastinate.JobContext, timestamp: int) -> None:
     await sweep.prune_event_bodies(resources_of(context))
 
 
-def register(job_app: procrastinate.App) -> None:
-    """Declare the task jobs and their schedules on `job_app`."""
-    job_app.task(name=jobs.SUBMIT_TASK, pass_context=True, retry=JobRetry())(submit_task_job)
+def blueprint() -> procrastinate.Blueprint:
+    """The task jobs and their schedules, on a Blueprint of their own.
+
+    A new one per call: procrastinate ties each task to the App it is added to (periodic
+    runs are deferred through that App), so two Apps in one process must not share tasks.
+    """
+    jobs = procrastinate.Blueprint()
+    jobs.task(name=SUBMIT_TASK, pass_context=True, retry=JobRetry())(submit_task_job)
     # Every 5 s, 30 s and hourly; procrastinate defers each periodic run once across all
     # workers, and a queueing lock per job keeps a backlog from piling up runs of one job.
     for name, cron, function in (
         # Six fields: the seconds come last.
-        (jobs.RECONCILE, "* * * * * */5", reconcile_job),
-        (jobs.SWEEP, "* * * * * */30", sweep_job),
-        (jobs.PRUNE, "17 * * * *", prune_job),
+        (RECONCILE, "* * * * * */5", reconcile_job),
+        (SWEEP, "* * * * * */30", sweep_job),
+        (PRUNE, "17 * * * *", prune_job),
     ):
-        task = job_app.task(name=name, pass_context=True, queueing_lock=name)(function)
-        job_app.periodic(cron=cron)(task)
+        task = jobs.task(name=name, pass_context=True, queueing_lock=name)(function)
+        jobs.periodic(cron=cron)(task)
+    return jobs

@@ -1,35 +1,40 @@
-"""The REST API internal services call: create, read and list edit tasks."""
+"""The REST API internal services call: create, read and list edit tasks.
+
+Routes take the request's transaction (`SessionDep`) and pass it to the services. Three
+named flows commit before they answer, because holding a transaction open would hold a
+connection across a wait or a call to the provider:
+
+- **create, then wait** (`POST /v1/tasks` with `Prefer: wait`): the task and its job are
+  committed first, so the worker can take it while the request waits;
+- **read, then wait** (`GET /v1/tasks/{id}` with `Prefer: wait`): one short read; the wait
+  that follows holds no session, each check is a read of its own;
+- **refresh** (`POST /v1/tasks/{id}/refresh`): check the owner, poll the provider (the poll
+  commits its own verdict, as a job does), then read the result.
+
+Each of their steps is a short transaction of its own (`app.db.transaction`); no route
+reads through a session it never began.
+"""
 
 from __future__ import annotations
 
 import re
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 import structlog
 from fastapi import APIRouter, Header, Query, Response
 from pydantic import BeforeValidator
 
 from app.db import transaction
-from app.deps import CallerDep, ResourcesDep, SessionDep
-from app.errors import Conflict, NotFound
-from app.models import TaskEvent, TaskResult
+from app.deps import NOT_FOUND, PROBLEM, CallerDep, ResourcesDep, SessionDep, parse_task_id
+from app.errors import Conflict
+from app.models import TaskEvent
 from app.resources import Resources
 from app.tasks import service
-from app.tasks.lifecycle import EventOutcome, ResultStatus, TaskStatus
+from app.tasks.lifecycle import EventOutcome, TaskStatus
 from app.tasks.reconcile import poll_task
-from app.tasks.schemas import (
-    EventPage,
-    EventRead,
-    ResultList,
-    ResultRead,
-    TaskCreate,
-    TaskError,
-    TaskLinks,
-    TaskPage,
-    TaskRead,
-)
+from app.tasks.schemas import EventPage, EventRead, TaskCreate, TaskPage, TaskRead
 from app.waiting import parse_prefer_wait
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
@@ -58,44 +63,15 @@ def _rfc3339(value: object) -> object:
 
 Timestamp = Annotated[datetime, BeforeValidator(_rfc3339)]
 
-PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
-NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: {"description": "No such task for this client.", **PROBLEM}
-}
-
-
-def parse_task_id(task_id: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(task_id)
-    except ValueError:
-        raise NotFound("No such task.") from None
-
 
 def to_read(view: service.TaskView) -> TaskRead:
-    task = view.task
-    base = f"/v1/tasks/{task.id}"
-    error = None
-    if task.error_code or task.error_message:
-        error = TaskError(code=task.error_code, message=task.error_message)
-    return TaskRead(
-        id=task.id,
-        status=task.status,
-        progress=task.progress,
-        request=task.request,
-        metadata=task.metadata_,
-        provider_task_id=task.provider_task_id,
-        estimated_seconds=task.estimated_seconds,
-        usage=task.usage,
-        error=error,
-        resolved_by=task.resolved_by,
-        result_count=view.result_count,
-        results_stored=view.result_count > 0 and view.stored_count == view.result_count,
-        created_at=task.created_at,
-        updated_at=task.updated_at,
-        submitted_at=task.submitted_at,
-        finished_at=task.finished_at,
-        links=TaskLinks(self=base, results=f"{base}/results", events=f"{base}/events"),
-    )
+    return TaskRead.model_validate(view, from_attributes=True)
+
+
+async def _read_task(resources: Resources, caller: str, task_id: uuid.UUID) -> service.TaskView:
+    """The client's task, in a short transaction of its own (for the named flows)."""
+    async with transaction(resources.sessions) as session:
+        return await service.get_task(session, caller, task_id)
 
 
 @router.post(
@@ -124,6 +100,7 @@ async def create_task(
     ] = None,
     prefer: PreferHeader = None,
 ) -> TaskRead:
+    # Named flow "create, then wait": committed before any waiting (see the module's doc).
     async with transaction(resources.sessions) as session:
         task, created = await service.create_task(session, caller, body, idempotency_key)
         view = (
@@ -187,8 +164,8 @@ async def get_task(
     prefer: PreferHeader = None,
 ) -> TaskRead:
     parsed = parse_task_id(task_id)
-    async with resources.sessions() as session:
-        view = await service.get_task(session, caller, parsed)
+    # Named flow "read, then wait": no session is held while waiting.
+    view = await _read_task(resources, caller, parsed)
     wait = parse_prefer_wait(prefer, maximum=MAX_WAIT_SECONDS)
     if wait and view.settled:
         # Nothing to wait for, and the preference was still honoured: say so.
@@ -212,8 +189,7 @@ async def wait_until_settled(
     assert waiter is not None, "the API opens its resources with a waiter"
 
     async def read() -> service.TaskView:
-        async with resources.sessions() as session:
-            return await service.get_task(session, caller, task_id)
+        return await _read_task(resources, caller, task_id)
 
     async def settled() -> bool:
         latest[:] = [await waiter.read_once(task_id, caller, read)]
@@ -238,39 +214,13 @@ async def wait_until_settled(
 )
 async def refresh_task(task_id: str, caller: CallerDep, resources: ResourcesDep) -> TaskRead:
     parsed = parse_task_id(task_id)
-    async with resources.sessions() as session:
-        await service.get_task(session, caller, parsed)
+    # Named flow "refresh": no transaction is held across the call to the provider.
+    async with transaction(resources.sessions) as session:
+        await service.require_owned(session, caller, parsed)
     result = await poll_task(resources, parsed)
     if result.outcome == EventOutcome.REJECTED:
         raise Conflict("The task has not been accepted by EvoLink yet; nothing to poll.")
-    async with resources.sessions() as session:
-        return to_read(await service.get_task(session, caller, parsed))
-
-
-def _result_read(result: TaskResult) -> ResultRead:
-    return ResultRead(
-        index=result.index,
-        status=result.status,
-        source_url=result.provider_url,
-        content_type=result.content_type,
-        size_bytes=result.size_bytes,
-        sha256=result.sha256,
-        width=result.width,
-        height=result.height,
-        error=result.error,
-        stored_at=result.stored_at,
-    )
-
-
-@router.get("/{task_id}/results", summary="List a task's result images", responses=NOT_FOUND)
-async def list_results(task_id: str, caller: CallerDep, session: SessionDep) -> ResultList:
-    parsed = parse_task_id(task_id)
-    results = await service.list_results(session, caller, parsed)
-    return ResultList(
-        task_id=parsed,
-        all_stored=bool(results) and all(r.status == ResultStatus.STORED for r in results),
-        items=[_result_read(result) for result in results],
-    )
+    return to_read(await _read_task(resources, caller, parsed))
 
 
 def _event_read(event: TaskEvent) -> EventRead:

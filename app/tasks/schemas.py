@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
+    AliasChoices,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -319,7 +320,11 @@ class ResultRead(BaseModel):
 
     index: int
     status: str = Field(description="pending (not yet copied), stored, or failed")
-    source_url: str = Field(description="The provider's link; it expires 24 h after completion.")
+    source_url: str = Field(
+        # Read from a stored row (`provider_url`) as well as from a dict of this model.
+        validation_alias=AliasChoices("source_url", "provider_url"),
+        description="The provider's link; it expires 24 h after completion.",
+    )
     content_type: str | None
     size_bytes: int | None
     sha256: str | None

@@ -1,5 +1,8 @@
-"""Creating, finding and listing a client's tasks. Functions take the session first and
-never commit: the request owns the transaction."""
+"""Creating, finding and listing a client's tasks, and the one rule of who owns a task.
+
+Functions take the session first and never commit or begin: the request owns the
+transaction (`app.deps.SessionDep`, or one of the named flows in `app.tasks.routes`).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, func, select, tuple_
+from sqlalchemy import ColumnElement, Select, and_, func, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -42,17 +45,59 @@ _pending_count = _count_in(ResultStatus.PENDING)
 
 @dataclass
 class TaskView:
-    """A task with the counts of its results, as the API shows it."""
+    """A task with the counts of its results, as the API shows it.
+
+    It reads as `TaskRead` expects (`TaskRead.model_validate(view, from_attributes=True)`):
+    the task's own columns through it, and the few fields the API words differently.
+    """
 
     task: Task
     result_count: int
     stored_count: int
     pending_count: int
 
+    def __getattr__(self, name: str) -> Any:
+        # Only called for names the view lacks: the task's columns.
+        if name == "task":
+            raise AttributeError(name)
+        return getattr(self.task, name)
+
     @property
     def settled(self) -> bool:
         """Terminal, and no result still waiting to be copied: nothing more will change."""
         return self.task.status in TERMINAL and self.pending_count == 0
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self.task.metadata_
+
+    @property
+    def error(self) -> dict[str, str | None] | None:
+        if self.task.error_code or self.task.error_message:
+            return {"code": self.task.error_code, "message": self.task.error_message}
+        return None
+
+    @property
+    def results_stored(self) -> bool:
+        return self.result_count > 0 and self.stored_count == self.result_count
+
+    @property
+    def links(self) -> dict[str, str]:
+        base = f"/v1/tasks/{self.task.id}"
+        return {"self": base, "results": f"{base}/results", "events": f"{base}/events"}
+
+
+def owned(client: str, task_id: uuid.UUID) -> ColumnElement[bool]:
+    """The one rule of ownership: task `task_id` is `client`'s. Another client's task is as
+    absent as one that never existed."""
+    return and_(Task.id == task_id, Task.client == client)
+
+
+async def require_owned(session: AsyncSession, client: str, task_id: uuid.UUID) -> None:
+    """Raise NotFound unless `client` owns task `task_id`: every route about one task's parts
+    (results, events, a refresh) asks this first."""
+    if await session.scalar(select(Task.id).where(owned(client, task_id))) is None:
+        raise NotFound("No such task.")
 
 
 def _with_counts() -> Select[Task, int, int, int]:
@@ -118,9 +163,7 @@ async def create_task(
 
 async def get_task(session: AsyncSession, client: str, task_id: uuid.UUID) -> TaskView:
     """The client's task; another client's task is as absent as one that never existed."""
-    row = (
-        await session.execute(_with_counts().where(Task.id == task_id, Task.client == client))
-    ).one_or_none()
+    row = (await session.execute(_with_counts().where(owned(client, task_id)))).one_or_none()
     if row is None:
         raise NotFound("No such task.")
     return TaskView(row[0], row[1], row[2], row[3])
@@ -157,31 +200,17 @@ async def list_tasks(
     return views, next_cursor
 
 
-async def list_results(session: AsyncSession, client: str, task_id: uuid.UUID) -> list[TaskResult]:
-    await _require_task(session, client, task_id)
-    rows = await session.execute(
-        select(TaskResult).where(TaskResult.task_id == task_id).order_by(TaskResult.index)
-    )
-    return list(rows.scalars())
-
-
 async def list_events(
     session: AsyncSession, client: str, task_id: uuid.UUID, *, limit: int, cursor: str | None
 ) -> tuple[list[TaskEvent], str | None]:
     """The task's events, oldest first."""
-    await _require_task(session, client, task_id)
+    await require_owned(session, client, task_id)
     query = select(TaskEvent).where(TaskEvent.task_id == task_id)
     if cursor is not None:
         query = query.where(TaskEvent.id > _decode_event_cursor(cursor))
     rows = list((await session.execute(query.order_by(TaskEvent.id).limit(limit + 1))).scalars())
     next_cursor = _encode({"e": rows[limit - 1].id}) if len(rows) > limit else None
     return rows[:limit], next_cursor
-
-
-async def _require_task(session: AsyncSession, client: str, task_id: uuid.UUID) -> None:
-    found = await session.scalar(select(Task.id).where(Task.id == task_id, Task.client == client))
-    if found is None:
-        raise NotFound("No such task.")
 
 
 def _encode(payload: dict[str, Any]) -> str:

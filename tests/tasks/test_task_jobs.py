@@ -15,6 +15,7 @@ from app.evolink.client import EvoLinkClient
 from app.notify import TASK_CHANNEL
 from app.resources import Resources
 from app.tasks import reconcile, submission, sweep
+from app.worker import open_job_app
 from helpers import VALID_EDIT, create_task, events, wait_for_task
 
 
@@ -170,9 +171,10 @@ async def test_the_sweeper_resubmits_a_queued_task_that_lost_its_job(
     """A queued task with no live job (written by hand here) is found and submitted."""
     resources: Resources = service.resources  # type: ignore[attr-defined]
     orphan = _insert_task(database_url, status="queued", age=timedelta(minutes=5))
-    report = await sweep.sweep(resources, resources.job_app)
-    assert report.submissions == 1
-    assert (await sweep.sweep(resources, resources.job_app)).submissions == 0  # job now live
+    async with open_job_app(resources.settings) as job_app:
+        report = await sweep.sweep(resources, job_app)
+        assert report.submissions == 1
+        assert (await sweep.sweep(resources, job_app)).submissions == 0  # job now live
     done = await wait_for_task(api, orphan, {"completed"})
     assert done["provider_task_id"]
 
