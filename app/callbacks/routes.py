@@ -14,7 +14,7 @@ from app.callbacks.service import chosen_headers, record_callback
 from app.errors import BadRequest, BodyTooLarge, NotFound, PayloadTooLarge, ServiceUnavailable
 from app.resources import Resources
 from app.security import token_matches
-from app.tasks.lifecycle import EventOutcome
+from app.vocabulary import EventOutcome
 
 logger = logging.getLogger("edithook.callbacks")
 

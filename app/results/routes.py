@@ -14,7 +14,7 @@ from app.deps import CallerDep, ResourcesDep, SessionDep
 from app.errors import Conflict, NotFound, ProblemError, ServiceUnavailable
 from app.results.service import find_result
 from app.results.storage import StorageError
-from app.tasks.lifecycle import ResultStatus
+from app.vocabulary import ResultStatus
 
 logger = logging.getLogger("edithook.results")
 

@@ -17,7 +17,6 @@ from app.errors import Conflict, NotFound
 from app.models import TaskEvent, TaskResult
 from app.resources import Resources
 from app.tasks import service
-from app.tasks.lifecycle import EventOutcome, ResultStatus, TaskStatus
 from app.tasks.reconcile import poll_task
 from app.tasks.schemas import (
     EventPage,
@@ -30,6 +29,7 @@ from app.tasks.schemas import (
     TaskPage,
     TaskRead,
 )
+from app.vocabulary import EventOutcome, ResultStatus, TaskStatus
 from app.waiting import parse_prefer_wait
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])

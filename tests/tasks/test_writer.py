@@ -1,10 +1,10 @@
-"""The one-statement path writes exactly what the careful path writes, or nothing at all.
+"""The one writer: every verdict kind written by one statement, guarded by the state judged.
 
-Each case runs the same message against the same task twice — once through the careful path
-(row lock, `judge`, ORM) and once through `app.tasks.direct` — and compares everything the
-database holds afterwards: the task row, its events, its result rows, the jobs enqueued and
-the notifications sent. Where the direct path does not apply it must write nothing and say
-so; the careful path then decides.
+Where a case runs a message both ways — written without a read (judged against the state
+the message implies) and read, judged and written by `settle` on the engine's connection —
+it compares everything the database holds afterwards: the task row, its events, its result
+rows, the jobs enqueued and the notifications sent. Where the state the message implies is
+not the task's, the statement writes nothing and says so; the loop then decides.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -22,7 +21,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.callbacks.service import record_callback
+from app.callbacks.service import record_callback, settle_by_callback
 from app.db import (
     DirectUnavailable,
     create_engine,
@@ -34,10 +33,11 @@ from app.db import (
 from app.evolink.schemas import ProviderTask
 from app.models import Task
 from app.notify import TASK_CHANNEL
-from app.tasks import direct
-from app.tasks.lifecycle import EventKind, EventOutcome, TaskStatus
-from app.tasks.submission import CLAIM
-from app.tasks.transitions import lock_task, observe
+from app.tasks import writer
+from app.tasks.submission import CLAIM, record_created
+from app.tasks.transitions import TaskState, Verdict, guard_for, judge
+from app.tasks.writer import Direct, Engine, Event, Written
+from app.vocabulary import EventKind, EventOutcome, TaskStatus
 
 PROVIDER_ID = "task-unified-1700000000-direct01"
 HEADERS = {"content-type": "application/json", "peer": "127.0.0.1"}
@@ -144,36 +144,45 @@ def message(status: str, provider_id: str = PROVIDER_ID, **fields: Any) -> Provi
     )
 
 
-async def careful_callback(db: Database, task_id: uuid.UUID, observed: ProviderTask) -> None:
-    async with transaction(db.sessions) as session:
-        task = await lock_task(session, task_id)
-        await observe(
-            session,
-            task,
-            observed,
-            EventKind.CALLBACK,
-            body=observed.model_dump_json(),
-            headers=HEADERS,
-        )
+def callback_event(observed: ProviderTask) -> Event:
+    return Event(EventKind.CALLBACK, observed.status, observed.model_dump_json(), HEADERS)
 
 
-async def direct_callback(
-    db: Database, task_id: uuid.UUID, observed: ProviderTask
-) -> direct.Written | None:
-    return await direct.settle_by_callback(
-        db.pool, task_id, observed, body=observed.model_dump_json(), headers=HEADERS
+async def settled_callback(db: Database, task_id: uuid.UUID, observed: ProviderTask) -> Written:
+    """The callback read, judged and written on the engine's connection."""
+    when = writer.now()
+    return await writer.settle(
+        Engine(db.sessions),
+        task_id,
+        lambda state: judge(state, observed, EventKind.CALLBACK, when),
+        callback_event(observed),
     )
 
 
-async def careful_created(db: Database, task_id: uuid.UUID, created: ProviderTask) -> None:
-    async with transaction(db.sessions) as session:
-        task = await lock_task(session, task_id)
-        task.submitted_at = task.submitted_at or datetime.now(UTC)
-        await observe(session, task, created, EventKind.SUBMISSION, body=created.model_dump_json())
+async def unread_callback(
+    db: Database, task_id: uuid.UUID, observed: ProviderTask
+) -> Written | None:
+    """The callback written without a read, on the direct pool."""
+    return await settle_by_callback(db.pool, task_id, observed, callback_event(observed))
 
 
-async def direct_created(db: Database, task_id: uuid.UUID, created: ProviderTask) -> direct.Written:
-    return await direct.record_created(db.pool, task_id, created, body=created.model_dump_json())
+def created_event(created: ProviderTask) -> Event:
+    return Event(EventKind.SUBMISSION, created.status, created.model_dump_json(), submitted=True)
+
+
+async def settled_created(db: Database, task_id: uuid.UUID, created: ProviderTask) -> Written:
+    when = writer.now()
+    return await writer.settle(
+        Engine(db.sessions),
+        task_id,
+        lambda state: judge(state, created, EventKind.SUBMISSION, when),
+        created_event(created),
+    )
+
+
+async def unread_created(db: Database, task_id: uuid.UUID, created: ProviderTask) -> Written:
+    """The create's answer written without a read, on the direct pool."""
+    return await record_created(db.pool, task_id, created)
 
 
 COMPLETED = message(
@@ -230,7 +239,7 @@ CALLBACKS: list[tuple[str, str, str | None, int, ProviderTask, str]] = [
     [case[1:] for case in CALLBACKS],
     ids=[case[0] for case in CALLBACKS],
 )
-async def test_a_terminal_callback_writes_what_the_careful_path_writes(
+async def test_a_terminal_callback_written_without_a_read_matches_the_read_judge_write_loop(
     db: Database,
     status: str,
     provider_id: str | None,
@@ -238,48 +247,56 @@ async def test_a_terminal_callback_writes_what_the_careful_path_writes(
     observed: ProviderTask,
     outcome: str,
 ) -> None:
+    """Judged against the state the message implies, a terminal callback writes exactly what
+    reading the task and judging it writes."""
     task_id = uuid.uuid4()
     await fresh_task(db, task_id, status, provider_id, progress)
-    careful_notes = await notified(db, task_id, lambda: careful_callback(db, task_id, observed))
-    careful = await state(db, task_id)
+    read_notes = await notified(db, task_id, lambda: settled_callback(db, task_id, observed))
+    read = await state(db, task_id)
 
     await fresh_task(db, task_id, status, provider_id, progress)
-    written: list[direct.Written | None] = []
+    written: list[Written | None] = []
 
-    async def run_direct() -> None:
-        written.append(await direct_callback(db, task_id, observed))
+    async def run_unread() -> None:
+        written.append(await unread_callback(db, task_id, observed))
 
-    direct_notes = await notified(db, task_id, run_direct)
-    assert written == [direct.Written(exists=True, outcome=EventOutcome(outcome))]
-    assert await state(db, task_id) == careful
-    assert direct_notes == careful_notes == (1 if outcome == "applied" else 0)
-    assert [event["outcome"] for event in careful["events"]] == [outcome]
+    unread_notes = await notified(db, task_id, run_unread)
+    [only] = written
+    assert only is not None
+    assert (only.exists, only.outcome) == (True, EventOutcome(outcome))
+    assert await state(db, task_id) == read
+    assert unread_notes == read_notes == (1 if outcome == "applied" else 0)
+    assert [event["outcome"] for event in read["events"]] == [outcome]
 
 
-async def test_a_create_answer_writes_what_the_careful_path_writes(db: Database) -> None:
+async def test_a_create_answer_written_without_a_read_matches_the_read_judge_write_loop(
+    db: Database,
+) -> None:
+    """The create's answer, judged as the submission left the task, writes what reading and
+    judging the task writes, the submission's date included."""
     created = message("pending", progress=0, task_info={"can_cancel": True, "estimated_time": 45})
     task_id = uuid.uuid4()
     await fresh_task(db, task_id, "submitting", None)
-    careful_notes = await notified(db, task_id, lambda: careful_created(db, task_id, created))
-    careful = await state(db, task_id)
+    read_notes = await notified(db, task_id, lambda: settled_created(db, task_id, created))
+    read = await state(db, task_id)
 
     await fresh_task(db, task_id, "submitting", None)
-    written: list[direct.Written | None] = []
+    written: list[Written] = []
 
-    async def run_direct() -> None:
-        written.append(await direct_created(db, task_id, created))
+    async def run_unread() -> None:
+        written.append(await unread_created(db, task_id, created))
 
-    direct_notes = await notified(db, task_id, run_direct)
-    assert written == [direct.Written(exists=True, outcome=EventOutcome.APPLIED)]
-    assert await state(db, task_id) == careful
-    assert careful["task"]["provider_task_id"] == PROVIDER_ID
-    assert careful["task"]["estimated_seconds"] == 45
-    assert careful["task"]["submitted_at"] is True
-    assert direct_notes == careful_notes == 1
+    unread_notes = await notified(db, task_id, run_unread)
+    assert [(w.exists, w.outcome) for w in written] == [(True, EventOutcome.APPLIED)]
+    assert await state(db, task_id) == read
+    assert read["task"]["provider_task_id"] == PROVIDER_ID
+    assert read["task"]["estimated_seconds"] == 45
+    assert read["task"]["submitted_at"] is True
+    assert unread_notes == read_notes == 1
 
 
-# (case, task status, provider id, message, what the careful path then records)
-LEFT_TO_THE_CAREFUL_PATH: list[tuple[str, str, str | None, ProviderTask, str]] = [
+# (case, task status, provider id, message, what the loop then records)
+LEFT_TO_THE_LOOP: list[tuple[str, str, str | None, ProviderTask, str]] = [
     ("another provider task", "processing", PROVIDER_ID, message("completed", "other"), "anomaly"),
     ("a different terminal status", "completed", PROVIDER_ID, message("failed"), "anomaly"),
     ("completed after cancelled", "cancelled", PROVIDER_ID, COMPLETED, "anomaly"),
@@ -290,44 +307,48 @@ LEFT_TO_THE_CAREFUL_PATH: list[tuple[str, str, str | None, ProviderTask, str]] =
 
 
 @pytest.mark.parametrize(
-    ("status", "provider_id", "observed", "careful_outcome"),
-    [case[1:] for case in LEFT_TO_THE_CAREFUL_PATH],
-    ids=[case[0] for case in LEFT_TO_THE_CAREFUL_PATH],
+    ("status", "provider_id", "observed", "recorded_outcome"),
+    [case[1:] for case in LEFT_TO_THE_LOOP],
+    ids=[case[0] for case in LEFT_TO_THE_LOOP],
 )
-async def test_other_callbacks_write_nothing_and_are_left_to_the_careful_path(
+async def test_other_callbacks_write_nothing_unread_and_are_left_to_the_loop(
     db: Database,
     status: str,
     provider_id: str | None,
     observed: ProviderTask,
-    careful_outcome: str,
+    recorded_outcome: str,
 ) -> None:
+    """A callback for a task not in the state it implies writes nothing without a read;
+    `record_callback` then reads, judges and records it."""
     task_id = uuid.uuid4()
     await fresh_task(db, task_id, status, provider_id)
     before = await state(db, task_id)
     # Non-terminal or unknown statuses are not even tried; the rest find another state.
     tried = observed.status in ("completed", "failed", "cancelled")
-    expected = direct.Written(exists=True) if tried else None
-    assert await direct_callback(db, task_id, observed) == expected
+    expected = Written(exists=True) if tried else None
+    assert await unread_callback(db, task_id, observed) == expected
     assert await state(db, task_id) == before
 
     body = observed.model_dump_json().encode()
     outcome = await record_callback(db.sessions, db.pool, task_id, body, HEADERS)
-    assert outcome == EventOutcome(careful_outcome)
-    assert [event["outcome"] for event in (await state(db, task_id))["events"]] == [careful_outcome]
+    assert outcome == EventOutcome(recorded_outcome)
+    assert [event["outcome"] for event in (await state(db, task_id))["events"]] == [
+        recorded_outcome
+    ]
 
 
 @pytest.mark.parametrize("results", [2, 7, 20_000])
-async def test_more_results_than_the_tasks_n_are_left_to_the_careful_path(
+async def test_more_results_than_the_tasks_n_are_left_to_the_loop(
     db: Database, results: int
 ) -> None:
-    """A completion listing more results than the task asked for writes nothing here; the
-    careful path records it as an anomaly, without result rows."""
+    """A completion listing more results than the task asked for writes nothing unread; the
+    loop records it as an anomaly, without result rows."""
     task_id = uuid.uuid4()
     await fresh_task(db, task_id, "processing", PROVIDER_ID, n=1)
     before = await state(db, task_id)
     urls = [f"https://files.example/{i}.png" for i in range(results)]
     observed = message("completed", results=urls)
-    assert await direct_callback(db, task_id, observed) in (None, direct.Written(exists=True))
+    assert await unread_callback(db, task_id, observed) in (None, Written(exists=True))
     assert await state(db, task_id) == before
 
     body = observed.model_dump_json().encode()
@@ -342,16 +363,16 @@ async def test_more_results_than_the_tasks_n_are_left_to_the_careful_path(
 async def test_a_create_answer_with_more_results_than_n_fails_the_task_without_rows(
     db: Database, results: int
 ) -> None:
-    """Our own create answered with more results than asked for: the direct path writes
-    nothing, the careful path fails the task (keeping the provider id), with no rows."""
+    """Our own create answered with more results than asked for: nothing is written unread,
+    the loop fails the task (keeping the provider id), with no rows."""
     task_id = uuid.uuid4()
     await fresh_task(db, task_id, "submitting", None, n=1)
     before = await state(db, task_id)
     created = message("completed", results=[f"https://f.example/{i}.png" for i in range(results)])
-    assert await direct_created(db, task_id, created) in (None, direct.Written(exists=True))
+    assert await unread_created(db, task_id, created) == Written(exists=True)
     assert await state(db, task_id) == before
 
-    await careful_created(db, task_id, created)
+    await settled_created(db, task_id, created)
     after = await state(db, task_id)
     task = after["task"]
     assert (task["status"], task["error_code"], task["resolved_by"]) == (
@@ -364,19 +385,21 @@ async def test_a_create_answer_with_more_results_than_n_fails_the_task_without_r
     assert (after["results"], after["jobs"]) == ([], [])
 
 
-async def test_a_create_answer_after_the_callback_is_left_to_the_careful_path(
+async def test_a_create_answer_after_the_callback_is_left_to_the_loop(
     db: Database,
 ) -> None:
     """The callback settled the task first: the create's answer must not move it back."""
     task_id = uuid.uuid4()
     await fresh_task(db, task_id, "completed", PROVIDER_ID, 100)
     before = await state(db, task_id)
-    assert await direct_created(db, task_id, message("pending")) == direct.Written(exists=True)
+    assert await unread_created(db, task_id, message("pending")) == Written(exists=True)
     assert await state(db, task_id) == before
 
 
 async def test_an_unknown_task_is_reported_as_missing(db: Database) -> None:
-    assert await direct_callback(db, uuid.uuid4(), COMPLETED) == direct.Written(exists=False)
+    """A task id that names no task: nothing written, and the caller told so."""
+    assert await unread_callback(db, uuid.uuid4(), COMPLETED) == Written(exists=False)
+    assert await settled_callback(db, uuid.uuid4(), COMPLETED) == Written(exists=False)
     assert await record_callback(db.sessions, db.pool, uuid.uuid4(), b"{}", HEADERS) is None
 
 
@@ -384,8 +407,8 @@ async def test_concurrent_deliveries_move_the_task_once(db: Database) -> None:
     """Ten copies at once: one applied, nine duplicates, one copy job, one set of results."""
     task_id = uuid.uuid4()
     await fresh_task(db, task_id, "processing", PROVIDER_ID, 20)
-    written = await asyncio.gather(*[direct_callback(db, task_id, COMPLETED) for _ in range(10)])
-    outcomes = sorted(str(w.outcome) for w in written)
+    written = await asyncio.gather(*[unread_callback(db, task_id, COMPLETED) for _ in range(10)])
+    outcomes = sorted(str(w.outcome) for w in written if w is not None)
     assert outcomes == ["applied"] + ["duplicate"] * 9
     after = await state(db, task_id)
     assert after["task"]["status"] == "completed"
@@ -399,8 +422,8 @@ async def test_concurrent_deliveries_move_the_task_once(db: Database) -> None:
 async def test_a_lost_connection_falls_back_and_the_pool_heals(
     db: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Postgres drops the direct pool's connection: the callback still lands (the careful
-    path takes it), and the next one finds the pool working again."""
+    """Postgres drops the direct pool's connection: the callback still lands (through the
+    engine), and the next one finds the pool working again."""
     first, second = uuid.uuid4(), uuid.uuid4()
     await fresh_task(db, first, "processing", "lost-1")
     await fresh_task(db, second, "processing", "lost-2")
@@ -417,19 +440,19 @@ async def test_a_lost_connection_falls_back_and_the_pool_heals(
                 db.sessions, pool, first, body.model_dump_json().encode(), HEADERS
             )
         assert outcome == EventOutcome.APPLIED
-        assert "takes the careful path" in caplog.text
+        assert "goes through the engine" in caplog.text
         assert (await state(db, first))["task"]["status"] == "completed"
 
         again = message("completed", "lost-2", results=["https://files.example/b.png"])
-        written = await direct.settle_by_callback(
-            pool, second, again, body=again.model_dump_json(), headers=HEADERS
-        )
-        assert written == direct.Written(exists=True, outcome=EventOutcome.APPLIED)
+        written = await settle_by_callback(pool, second, again, callback_event(again))
+        assert written is not None
+        assert (written.exists, written.outcome) == (True, EventOutcome.APPLIED)
     finally:
         await pool.close()
 
 
 async def test_an_exhausted_pool_says_unavailable_instead_of_waiting(db: Database) -> None:
+    """No connection within the checkout time: DirectUnavailable, not a wait."""
     small = create_pool(db.url, pool_size=1)
     await small.open(wait=True)
     try:
@@ -444,15 +467,13 @@ async def test_an_exhausted_pool_says_unavailable_instead_of_waiting(db: Databas
 def test_a_column_outside_the_whitelist_is_refused() -> None:
     """Column names are interpolated into the SQL, so only known ones are accepted."""
     with pytest.raises(ValueError, match=r"cannot change \['client', 'request'\]"):
-        direct.statement_for(
-            frozenset({"status", "client", "request"}), frozenset({TaskStatus.PROCESSING})
-        )
-    statement = direct.statement_for(
-        frozenset({"status", "progress", "submitted_at"}), frozenset({TaskStatus.PROCESSING})
-    )
+        writer.statement_for(frozenset({"status", "client", "request"}), frozenset())
+    with pytest.raises(ValueError, match=r"cannot change \['rewound'\]"):
+        writer.statement_for(frozenset({"status"}), frozenset({"rewound"}))
+    statement = writer.statement_for(frozenset({"status", "progress"}), frozenset({"polled"}))
     assert "progress = GREATEST(t.progress, %(set_progress)s)" in statement
     assert "status = %(set_status)s" in statement
-    assert "prior.status IN ('processing')" in statement
+    assert "poll_count = t.poll_count + 1" in statement
 
 
 async def test_the_direct_pool_plans_each_statement_once(db: Database) -> None:
@@ -468,3 +489,145 @@ async def test_the_direct_pool_plans_each_statement_once(db: Database) -> None:
             {"claim": "UPDATE tasks SET status = $"},
         )
         assert await cursor.fetchall() == [(3, 0)]
+
+
+async def row_version(db: Database, task_id: uuid.UUID) -> Any:
+    """The task row's xmin: it changes whenever any statement writes the row."""
+    async with await psycopg.AsyncConnection.connect(db.url) as conn:
+        row = await (
+            await conn.execute("SELECT xmin FROM tasks WHERE id = %s", (task_id,))
+        ).fetchone()
+    assert row is not None
+    return row[0]
+
+
+# (case, task status, message, outcome): verdicts that leave the task as it was.
+EVENT_ONLY: list[tuple[str, str, ProviderTask, str]] = [
+    ("a repeat", "completed", COMPLETED, "duplicate"),
+    ("an older status", "processing", message("pending"), "stale"),
+    ("a contradiction", "completed", message("failed"), "anomaly"),
+    ("another provider task", "pending", message("processing", "someone-else"), "anomaly"),
+]
+
+
+@pytest.mark.parametrize(
+    ("status", "observed", "outcome"),
+    [case[1:] for case in EVENT_ONLY],
+    ids=[case[0] for case in EVENT_ONLY],
+)
+async def test_an_event_that_does_not_move_the_task_leaves_its_row_untouched(
+    db: Database, status: str, observed: ProviderTask, outcome: str
+) -> None:
+    """Duplicate, stale and anomaly verdicts write their event and not one byte of the row."""
+    task_id = uuid.uuid4()
+    await fresh_task(db, task_id, status, PROVIDER_ID, 100 if status == "completed" else 30)
+    before, version = await state(db, task_id), await row_version(db, task_id)
+    notes = await notified(db, task_id, lambda: settled_callback(db, task_id, observed))
+    after = await state(db, task_id)
+    assert (after["task"], after["results"], after["jobs"]) == (
+        before["task"],
+        before["results"],
+        before["jobs"],
+    )
+    assert await row_version(db, task_id) == version
+    assert [
+        (e["kind"], e["outcome"], e["from_status"], e["to_status"]) for e in after["events"]
+    ] == [("callback", outcome, None, None)]
+    assert notes == 0
+
+
+async def test_a_rejected_body_is_recorded_through_the_writer(db: Database) -> None:
+    """An unreadable delivery is an event-only verdict: recorded with its body, task as it was."""
+    task_id = uuid.uuid4()
+    await fresh_task(db, task_id, "processing", PROVIDER_ID)
+    version = await row_version(db, task_id)
+    outcome = await record_callback(db.sessions, db.pool, task_id, b"[1, 2", HEADERS)
+    assert outcome == EventOutcome.REJECTED
+    [event] = (await state(db, task_id))["events"]
+    assert (event["outcome"], event["body"], event["headers"]) == ("rejected", "[1, 2", HEADERS)
+    assert await row_version(db, task_id) == version
+
+
+async def test_a_verdict_judged_on_a_state_that_changed_writes_nothing_then_is_judged_again(
+    db: Database,
+) -> None:
+    """The guard is the state judged: once another writer moved the task, the stale verdict
+    writes nothing at all, and the loop's next read judges the task as it now is."""
+    task_id = uuid.uuid4()
+    await fresh_task(db, task_id, "pending", PROVIDER_ID)
+    observed = message("processing", progress=40)
+    when = writer.now()
+
+    def rule(task: TaskState) -> Verdict:
+        return judge(task, observed, EventKind.POLL, when)
+
+    read = await writer.read(Direct(db.pool), task_id)
+    assert read is not None
+    verdict = rule(read)
+    assert verdict.to_status == TaskStatus.PROCESSING
+    await settled_callback(db, task_id, COMPLETED)  # another writer gets there first
+    before = await state(db, task_id)
+    event = Event(EventKind.POLL, "processing", polled=True)
+    missed = await writer.write(
+        Direct(db.pool), task_id, verdict, guard_for(rule, read, verdict), event
+    )
+    assert missed == Written(exists=True)
+    assert await state(db, task_id) == before
+
+    settled = await writer.settle(Direct(db.pool), task_id, rule, event)
+    assert settled.outcome == EventOutcome.STALE
+    after = await state(db, task_id)
+    assert after["task"]["status"] == "completed"
+    assert after["task"]["poll_count"] == before["task"]["poll_count"] + 1
+
+
+async def test_new_progress_within_a_status_is_guarded_by_the_progress_judged(
+    db: Database,
+) -> None:
+    """A progress report judged against 10 % is not written over a task now at 60 %."""
+    task_id = uuid.uuid4()
+    await fresh_task(db, task_id, "processing", PROVIDER_ID, progress=10)
+    observed = message("processing", progress=50)
+    when = writer.now()
+
+    def rule(task: TaskState) -> Verdict:
+        return judge(task, observed, EventKind.CALLBACK, when)
+
+    read = await writer.read(Engine(db.sessions), task_id)
+    assert read is not None
+    verdict = rule(read)
+    async with await psycopg.AsyncConnection.connect(db.url, autocommit=True) as conn:
+        await conn.execute("UPDATE tasks SET progress = 60 WHERE id = %s", (task_id,))
+    guard = guard_for(rule, read, verdict)
+    missed = await writer.write(
+        Engine(db.sessions), task_id, verdict, guard, callback_event(observed)
+    )
+    assert missed == Written(exists=True)
+    settled = await writer.settle(Engine(db.sessions), task_id, rule, callback_event(observed))
+    assert settled.outcome == EventOutcome.DUPLICATE
+    assert (await state(db, task_id))["task"]["progress"] == 60
+
+
+async def test_an_error_verdict_can_move_the_task_and_says_so(db: Database) -> None:
+    """A failed create's error event may requeue the task: from/to recorded, waiters told."""
+    task_id = uuid.uuid4()
+    await fresh_task(db, task_id, "submitting", None)
+    verdict = Verdict(
+        EventOutcome.ERROR, "refused", TaskStatus.QUEUED, {"status": TaskStatus.QUEUED}
+    )
+    notes = await notified(
+        db,
+        task_id,
+        lambda: writer.settle(
+            Direct(db.pool), task_id, lambda _: verdict, Event(EventKind.SUBMISSION)
+        ),
+    )
+    after = await state(db, task_id)
+    assert after["task"]["status"] == "queued"
+    [event] = after["events"]
+    assert (event["outcome"], event["from_status"], event["to_status"]) == (
+        "error",
+        "submitting",
+        "queued",
+    )
+    assert notes == 1
