@@ -270,14 +270,17 @@ def guard_for(rule: Rule, state: TaskState, verdict: Verdict) -> Guard:
     """The guard under which `verdict` (the rule's own for `state`) may be written.
 
     A verdict that moves the task holds whatever its progress, usage and estimate (the
-    writer never lowers progress; setting a value the row has changes nothing); one that
-    does not move it — a duplicate, or new progress within a status — is guarded on them
-    when it differs for other values of them.
+    writer never lowers progress; setting a value the row has changes nothing). One that
+    changes them within a status is guarded on them; so is one that changes nothing when
+    it would differ for other values of them (a duplicate of the same progress).
     """
     unchanged = None
-    if not verdict.moves(state) and any(
-        rule(dataclasses.replace(state, progress=p, usage=u, estimated_seconds=e)) != verdict
-        for p, u, e in PERTURBED
+    if not verdict.moves(state) and (
+        bool(verdict.changes)
+        or any(
+            rule(dataclasses.replace(state, progress=p, usage=u, estimated_seconds=e)) != verdict
+            for p, u, e in PERTURBED
+        )
     ):
         unchanged = (state.progress, state.usage, state.estimated_seconds)
     return Guard(statuses_for(rule, state, verdict), state.provider_task_id, unchanged)
