@@ -228,17 +228,15 @@ def _guard_params(arm: str, guard: Guard | None) -> dict[str, Any]:
     }
 
 
-async def write(
-    executor: Executor,
+def prepare(
     task_id: uuid.UUID,
     verdict: Verdict,
     guard: Guard,
     event: Event,
     *,
     otherwise: tuple[Verdict, Guard] | None = None,
-) -> Written:
-    """Write `verdict` and its event if the task's row holds `guard`; else the event-only
-    verdict `otherwise` if its guard holds; else nothing."""
+) -> tuple[LiteralString, dict[str, Any]]:
+    """The statement `write` sends, and its parameters."""
     if otherwise is not None and otherwise[0].changes:
         raise ValueError(f"the alternative verdict must be event-only: {otherwise[0]}")
     bookkeeping = frozenset(
@@ -262,12 +260,28 @@ async def write(
         "body": event.body,
         "headers": Jsonb(dict(event.headers)) if event.headers is not None else None,
     }
-    row = await executor.one(statement_for(frozenset(verdict.changes), bookkeeping), params)
+    return statement_for(frozenset(verdict.changes), bookkeeping), params
+
+
+async def write(
+    executor: Executor,
+    task_id: uuid.UUID,
+    verdict: Verdict,
+    guard: Guard,
+    event: Event,
+    *,
+    otherwise: tuple[Verdict, Guard] | None = None,
+) -> Written:
+    """Write `verdict` and its event if the task's row holds `guard`; else the event-only
+    verdict `otherwise` if its guard holds; else nothing."""
+    statement, params = prepare(task_id, verdict, guard, event, otherwise=otherwise)
+    row = await executor.one(statement, params)
     if row is None:
         return Written(exists=False)
     if row[0] is None:
         return Written(exists=True)
     outcome = EventOutcome(row[0])
+    alternative = otherwise[0] if otherwise else None
     return Written(True, outcome, verdict if outcome == verdict.outcome else alternative)
 
 
