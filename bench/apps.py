@@ -5,10 +5,11 @@
 - **bound**: a bare handler that does what a correct idempotent receiver must and nothing
   more: check the URL's token, read the body, and run ONE SQL statement (`bound_statement`:
   edithook's own writer statement, app.tasks.writer, with the verdict stated directly) on a
-  psycopg 3 `AsyncConnectionPool`, the driver edithook uses. The statement completes the task
-  only if it is in flight, writes the event row (applied or duplicate) with the raw body and
-  the kept headers, adds the result rows, enqueues the result-copy job and notifies waiters —
-  everything edithook's receiver commits for a completion, in one round trip.
+  psycopg 3 pool configured as edithook's direct pool (`app.db.create_pool`). The statement
+  completes the task only if it is in flight, writes the event row (applied or duplicate)
+  with the raw body and the kept headers, adds the result rows, enqueues the result-copy
+  job and notifies waiters — everything edithook's receiver commits for a completion, in
+  one round trip.
 
 `python -m bench.apps floor|bound --port N` serves one of them with the uvicorn settings
 `edithook serve` uses (uvloop and httptools when installed, the same log set-up and level).
@@ -29,9 +30,9 @@ from typing import Any, LiteralString
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from psycopg_pool import AsyncConnectionPool
 
 from app.callbacks.service import chosen_headers
+from app.db import create_pool
 from app.resources import settle_heap
 from app.security import token_matches
 from app.tasks.transitions import Verdict, terminal_guards
@@ -91,17 +92,14 @@ def create_floor_app() -> FastAPI:
 def create_bound_app(database_url: str, secret: str, pool_size: int = 10) -> FastAPI:
     """The bare receiver: token check, body, `bound_statement` on a pool of `2 * pool_size` at most.
 
-    The pool's ceiling matches edithook's engine (pool_size plus as many overflow
-    connections). Answers 200 `{"received": true, "outcome": …}` like edithook, 404 for a
-    wrong token or an unknown task, 400 for a body that is not a JSON object.
+    The pool is edithook's direct pool (pool_size connections, as many again at peak,
+    statements prepared and planned once per connection). Answers 200 `{"received": true,
+    "outcome": …}` like edithook, 404 for a wrong token or an unknown task, 400 for a body
+    that is not a JSON object.
     """
-    pool = AsyncConnectionPool(
-        database_url,
-        min_size=pool_size,
-        max_size=2 * pool_size,
-        kwargs={"autocommit": True},
-        open=False,
-    )
+    # edithook's own direct pool: autocommit, statements prepared on first use and planned
+    # once per connection. The statement is edithook's, so is what it costs to plan.
+    pool = create_pool(database_url, pool_size=pool_size)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

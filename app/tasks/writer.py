@@ -35,7 +35,7 @@ from app.db import DirectUnavailable, fetch_one, transaction
 from app.jobs import QUEUE, STORE_RESULTS
 from app.notify import TASK_CHANNEL
 from app.tasks.transitions import Guard, Rule, TaskState, Verdict, guard_for
-from app.vocabulary import EventKind, EventOutcome, TaskStatus
+from app.vocabulary import EventKind, EventOutcome, ResultStatus, TaskStatus
 
 # The task columns a verdict may set.
 CHANGEABLE = frozenset(
@@ -89,7 +89,7 @@ WITH prior AS (
     {moved}
 ), results AS (
     INSERT INTO task_results (task_id, index, provider_url, status)
-    SELECT moved.id, r.ordinality - 1, r.url, 'pending'
+    SELECT moved.id, r.ordinality - 1, r.url, '{result_pending}'
     FROM moved, unnest(%(result_urls)s::text[]) WITH ORDINALITY AS r(url, ordinality)
     ON CONFLICT (task_id, index) DO NOTHING
     RETURNING 1
@@ -153,6 +153,7 @@ def statement_for(columns: frozenset[str], bookkeeping: frozenset[str]) -> Liter
         queue=QUEUE,
         copy_job=STORE_RESULTS,
         completed=TaskStatus.COMPLETED.value,
+        result_pending=ResultStatus.PENDING.value,
     )
 
 

@@ -631,3 +631,47 @@ async def test_an_error_verdict_can_move_the_task_and_says_so(db: Database) -> N
         "queued",
     )
     assert notes == 1
+
+
+async def test_new_progress_within_a_status_is_applied_without_a_move(db: Database) -> None:
+    """Progress within a status changes the row and wakes waiters; the event records no move."""
+    task_id = uuid.uuid4()
+    await fresh_task(db, task_id, "processing", PROVIDER_ID, progress=10)
+    observed = message("processing", progress=50)
+    notes = await notified(db, task_id, lambda: settled_callback(db, task_id, observed))
+    after = await state(db, task_id)
+    assert (after["task"]["status"], after["task"]["progress"]) == ("processing", 50)
+    [event] = after["events"]
+    assert (event["outcome"], event["from_status"], event["to_status"]) == ("applied", None, None)
+    assert notes == 1
+
+
+async def test_a_failed_poll_is_counted_and_recorded_without_moving_the_task(
+    db: Database,
+) -> None:
+    """An error event with a poll's bookkeeping: the poll is counted, nothing else changes,
+    and no waiter is woken."""
+    task_id = uuid.uuid4()
+    await fresh_task(db, task_id, "processing", PROVIDER_ID)
+    before = await state(db, task_id)
+    error = Verdict(EventOutcome.ERROR, "poll failed (timeout)")
+    notes = await notified(
+        db,
+        task_id,
+        lambda: writer.settle(
+            Direct(db.pool), task_id, lambda _: error, Event(EventKind.POLL, polled=True)
+        ),
+    )
+    after = await state(db, task_id)
+    assert after["task"]["poll_count"] == before["task"]["poll_count"] + 1
+    assert after["task"]["polled_at"] is not None
+    assert {k: v for k, v in after["task"].items() if not k.startswith("poll")} == {
+        k: v for k, v in before["task"].items() if not k.startswith("poll")
+    }
+    [event] = after["events"]
+    assert (event["kind"], event["outcome"], event["detail"]) == (
+        "poll",
+        "error",
+        "poll failed (timeout)",
+    )
+    assert notes == 0
