@@ -2,12 +2,12 @@
 
 Two ways into Postgres, for two kinds of work:
 
-- the **engine** (SQLAlchemy, ORM sessions): everything that reads a row, decides in Python
-  and writes, under a row lock; every query of the REST API;
+- the **engine** (SQLAlchemy, ORM sessions): every query of the REST API, and the task
+  writer's statements when the direct pool cannot run them;
 - the **direct pool** (psycopg, autocommit): the hot paths that are one SQL statement each —
   a callback settling a task, a submission claimed or recorded. It skips the ORM's unit of
   work and a transaction's BEGIN and COMMIT round trips. Whoever uses it keeps a way back to
-  the engine: `DirectUnavailable` means "take the careful path", never "give up".
+  the engine: `DirectUnavailable` means "go through the engine", never "give up".
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ async def transaction(
 
 logger = logging.getLogger("edithook.db")
 
-# How long a direct statement waits for a free connection before taking the careful path.
+# How long a direct statement waits for a free connection before going through the engine.
 # Far above the queueing of a busy process (milliseconds); short enough that an outage, in
 # which the pool has no connection to give, answers quickly through the engine's own errors.
 DIRECT_CHECKOUT_SECONDS = 0.5
@@ -134,7 +134,7 @@ async def fetch_one(
     """Run one autocommitted `statement` on the direct pool and return its first row.
 
     Raises DirectUnavailable when no connection came within DIRECT_CHECKOUT_SECONDS or the
-    connection failed (the statement may or may not have committed: the careful path that
+    connection failed (the statement may or may not have committed: the engine's try that
     follows must, and does, judge the task afresh). A broken connection makes the pool check
     its idle ones, so that the next caller does not meet another stale one. Errors of the
     statement itself (a bug, a constraint) are raised as they are.

@@ -15,6 +15,17 @@ from sqlalchemy import text
 
 from app.deps import SessionDep
 from app.tasks.reconcile import callback_loss
+from app.vocabulary import IN_FLIGHT, ResolvedBy, ResultStatus, TaskStatus, sql_list
+
+# In the order of the lifecycle, as the lines are printed.
+_IN_FLIGHT = [status for status in TaskStatus if status in IN_FLIGHT]
+# Literal lists, built from the enums (no input), so that the partial indexes serve them.
+IN_FLIGHT_COUNTS = text(
+    f"SELECT status, count(*) FROM tasks WHERE status IN ({sql_list(IN_FLIGHT)}) GROUP BY status"  # noqa: S608
+)
+PENDING_RESULTS = text(
+    f"SELECT count(*) FROM task_results WHERE status = '{ResultStatus.PENDING.value}'"  # noqa: S608
+)
 
 router = APIRouter(tags=["ops"])
 
@@ -37,18 +48,9 @@ def _line(name: str, value: float, **labels: str) -> str:
     ),
 )
 async def get_metrics(session: SessionDep) -> PlainTextResponse:
-    in_flight = (
-        await session.execute(
-            text(
-                "SELECT status, count(*) FROM tasks WHERE status IN"
-                " ('queued', 'submitting', 'pending', 'processing') GROUP BY status"
-            )
-        )
-    ).all()
+    in_flight = (await session.execute(IN_FLIGHT_COUNTS)).all()
     finished = await callback_loss(session, datetime.now(UTC) - WINDOW)
-    pending_results = await session.scalar(
-        text("SELECT count(*) FROM task_results WHERE status = 'pending'")
-    )
+    pending_results = await session.scalar(PENDING_RESULTS)
     counts = {str(status): int(count) for status, count in in_flight}
     lines = [
         "# HELP edithook_tasks_in_flight Tasks not yet terminal, by status.",
@@ -56,7 +58,7 @@ async def get_metrics(session: SessionDep) -> PlainTextResponse:
     ]
     lines += [
         _line("edithook_tasks_in_flight", counts.get(status, 0), status=status)
-        for status in ("queued", "submitting", "pending", "processing")
+        for status in _IN_FLIGHT
     ]
     lines += [
         "# HELP edithook_tasks_finished_24h Tasks that ended in the last 24 h, by what told us.",
@@ -64,10 +66,11 @@ async def get_metrics(session: SessionDep) -> PlainTextResponse:
     ]
     lines += [
         _line("edithook_tasks_finished_24h", finished.get(by, 0), resolved_by=by)
-        for by in ("callback", "poll", "submission", "system")
+        for by in ResolvedBy
     ]
-    by_provider = finished.get("callback", 0) + finished.get("poll", 0)
-    loss = finished.get("poll", 0) / by_provider if by_provider else 0.0
+    polled = finished.get(ResolvedBy.POLL, 0)
+    by_provider = finished.get(ResolvedBy.CALLBACK, 0) + polled
+    loss = polled / by_provider if by_provider else 0.0
     lines += [
         "# HELP edithook_callback_loss_ratio_24h Share of provider endings learnt by polling.",
         "# TYPE edithook_callback_loss_ratio_24h gauge",

@@ -3,11 +3,13 @@
 - **floor**: the same framework (FastAPI under uvicorn) answering 204 at the callback path
   with no work at all — what HTTP parsing, routing and the answer cost by themselves.
 - **bound**: a bare handler that does what a correct idempotent receiver must and nothing
-  more: check the URL's token, read the body, and run ONE SQL statement (`BOUND_SQL`) on a
-  psycopg 3 `AsyncConnectionPool`, the driver edithook uses. The statement completes the task
-  only if it is not terminal yet, writes the event row (applied or duplicate) with the raw
-  body and the kept headers, adds the result rows, enqueues the result-copy job and notifies
-  waiters — everything edithook's receiver commits for a completion, in one round trip.
+  more: check the URL's token, read the body, and run ONE SQL statement (`bound_statement`:
+  edithook's own writer statement, app.tasks.writer, with the verdict stated directly) on a
+  psycopg 3 pool configured as edithook's direct pool (`app.db.create_pool`). The statement
+  completes the task only if it is in flight, writes the event row (applied or duplicate)
+  with the raw body and the kept headers, adds the result rows, enqueues the result-copy
+  job and notifies waiters — everything edithook's receiver commits for a completion, in
+  one round trip.
 
 `python -m bench.apps floor|bound --port N` serves one of them with the uvicorn settings
 `edithook serve` uses (uvloop and httptools when installed, the same log set-up and level).
@@ -16,65 +18,54 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, LiteralString
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 
 from app.callbacks.service import chosen_headers
+from app.db import create_pool
 from app.resources import settle_heap
 from app.security import token_matches
+from app.tasks.transitions import Verdict, terminal_guards
+from app.tasks.writer import Event, prepare
+from app.vocabulary import EventKind, EventOutcome, ResolvedBy, TaskStatus
 
 CALLBACK_ROUTE = "/v1/callbacks/evolink/{task_id}/{token}"
 
-# One statement, one round trip, idempotent under concurrency: `prior` locks the row, so a
-# concurrent duplicate waits and then sees the completed status and records `duplicate`.
-BOUND_SQL = """
-WITH prior AS (
-    SELECT id, status FROM tasks WHERE id = %(task_id)s FOR UPDATE
-), moved AS (
-    UPDATE tasks AS t
-    SET status = 'completed', progress = 100, usage = %(usage)s, resolved_by = 'callback',
-        finished_at = clock_timestamp(), updated_at = clock_timestamp()
-    FROM prior
-    WHERE t.id = prior.id
-      AND prior.status IN ('queued', 'submitting', 'pending', 'processing')
-      AND t.provider_task_id = %(provider_task_id)s
-    RETURNING t.id, prior.status AS from_status
-), results AS (
-    INSERT INTO task_results (task_id, index, provider_url, status)
-    SELECT moved.id, r.ordinality - 1, r.url, 'pending'
-    FROM moved, unnest(%(results)s::text[]) WITH ORDINALITY AS r(url, ordinality)
-    ON CONFLICT (task_id, index) DO NOTHING
-), side_effects AS (
-    SELECT procrastinate_defer_jobs_v1(ARRAY[ROW(
-               'default', 'store_results', 0, 'results:' || moved.id::text, NULL,
-               jsonb_build_object('task_id', moved.id::text), NULL
-           )::procrastinate_job_to_defer_v1]),
-           pg_notify('edithook_tasks', moved.id::text)
-    FROM moved
-)
-INSERT INTO task_events
-    (task_id, kind, outcome, from_status, to_status, provider_status, body, headers)
-SELECT prior.id, 'callback',
-       CASE WHEN moved.id IS NULL THEN 'duplicate' ELSE 'applied' END,
-       moved.from_status,
-       CASE WHEN moved.id IS NULL THEN NULL ELSE 'completed' END,
-       %(provider_status)s, %(body)s, %(headers)s
-FROM prior
-LEFT JOIN moved ON true
--- An inner join: the planner drops a LEFT JOIN whose columns are unused, and with it the
--- side effects (the copy job and the notification would then never happen).
-CROSS JOIN (SELECT count(*) AS effects FROM side_effects) AS done
-RETURNING outcome
-"""
+
+def bound_statement(
+    task_id: uuid.UUID, document: dict[str, Any], body: str, headers: dict[str, str]
+) -> tuple[LiteralString, dict[str, Any]]:
+    """edithook's own one statement for a completion callback and its duplicate
+    (app.tasks.writer), with the guards derived from its rules, but the verdict stated
+    directly: no model validation, no `judge`. Completes the task only if it is in flight
+    with the provider id named, else records a duplicate if it is already completed."""
+    urls = tuple(url for url in document.get("results") or [] if isinstance(url, str))
+    guards = terminal_guards("completed", None, len(urls), EventKind.CALLBACK)
+    assert guards is not None
+    pid = document.get("id")
+    applied, repeated = (dataclasses.replace(guard, provider_task_id=pid) for guard in guards)
+    changes: dict[str, Any] = {
+        "status": TaskStatus.COMPLETED,
+        "progress": 100,
+        "resolved_by": ResolvedBy.CALLBACK,
+        "finished_at": datetime.now(UTC),
+    }
+    if document.get("usage") is not None:
+        changes["usage"] = document["usage"]
+    verdict = Verdict(EventOutcome.APPLIED, None, TaskStatus.COMPLETED, changes, urls)
+    event = Event(EventKind.CALLBACK, document.get("status"), body, headers)
+    duplicate = (Verdict(EventOutcome.DUPLICATE), repeated)
+    return prepare(task_id, verdict, applied, event, otherwise=duplicate)
 
 
 def create_floor_app() -> FastAPI:
@@ -99,19 +90,16 @@ def create_floor_app() -> FastAPI:
 
 
 def create_bound_app(database_url: str, secret: str, pool_size: int = 10) -> FastAPI:
-    """The bare receiver: token check, body, `BOUND_SQL` on a pool of `2 * pool_size` at most.
+    """The bare receiver: token check, body, `bound_statement` on a pool of `2 * pool_size` at most.
 
-    The pool's ceiling matches edithook's engine (pool_size plus as many overflow
-    connections). Answers 200 `{"received": true, "outcome": …}` like edithook, 404 for a
-    wrong token or an unknown task, 400 for a body that is not a JSON object.
+    The pool is edithook's direct pool (pool_size connections, as many again at peak,
+    statements prepared and planned once per connection). Answers 200 `{"received": true,
+    "outcome": …}` like edithook, 404 for a wrong token or an unknown task, 400 for a body
+    that is not a JSON object.
     """
-    pool = AsyncConnectionPool(
-        database_url,
-        min_size=pool_size,
-        max_size=2 * pool_size,
-        kwargs={"autocommit": True},
-        open=False,
-    )
+    # edithook's own direct pool: autocommit, statements prepared on first use and planned
+    # once per connection. The statement is edithook's, so is what it costs to plan.
+    pool = create_pool(database_url, pool_size=pool_size)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -140,17 +128,11 @@ def create_bound_app(database_url: str, secret: str, pool_size: int = 10) -> Fas
         if not isinstance(document, dict):
             return Response(status_code=400)
         headers = chosen_headers(request.headers, request.client.host if request.client else None)
-        params = {
-            "task_id": parsed,
-            "provider_task_id": document.get("id"),
-            "provider_status": document.get("status"),
-            "usage": Jsonb(document.get("usage")),
-            "results": [url for url in document.get("results") or [] if isinstance(url, str)],
-            "body": body.decode("utf-8", errors="replace"),
-            "headers": Jsonb(headers),
-        }
+        statement, params = bound_statement(
+            parsed, document, body.decode("utf-8", errors="replace"), headers
+        )
         async with pool.connection() as conn:
-            row = await (await conn.execute(BOUND_SQL, params)).fetchone()
+            row = await (await conn.execute(statement, params)).fetchone()
         if row is None:
             return Response(status_code=404)
         return JSONResponse({"received": True, "outcome": row[0]})

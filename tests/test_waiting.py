@@ -1,4 +1,4 @@
-"""Prefer: wait parsing and the LISTEN/NOTIFY waiter, against the real Postgres."""
+"""The LISTEN/NOTIFY waiter, against the real Postgres (Prefer: wait parsing is in tests/unit)."""
 
 from __future__ import annotations
 
@@ -15,42 +15,10 @@ from typing import TYPE_CHECKING
 import psycopg
 import pytest
 
-from app.waiting import ANSWERS_PER_TURN, TASK_CHANNEL, TaskWaiter, parse_prefer_wait
+from app.waiting import ANSWERS_PER_TURN, TASK_CHANNEL, TaskWaiter
 
 if TYPE_CHECKING:
     pass
-
-
-@pytest.mark.parametrize(
-    ("header", "expected"),
-    [
-        ("wait=10", 10.0),
-        ("  WAIT = 7 ", 7.0),
-        ('wait="3"', 3.0),
-        ("wait=0", 0.0),
-        ("wait=600", 60.0),
-        ("respond-async, wait=5", 5.0),
-        ("return=minimal; foo=bar, wait=4;x=1", 4.0),
-        ('handling=lenient, foo="a,wait=9", wait=2', 2.0),
-        ("wait=8, wait=1", 8.0),
-        ("wait=abc", None),
-        ("wait=-5", None),
-        ("wait=1.5", None),
-        ("wait=", None),
-        ("wait", None),
-        ("respond-async", None),
-        ("", None),
-        (None, None),
-    ],
-)
-def test_parse_prefer_wait(header: str | None, expected: float | None) -> None:
-    """The first wait preference is read in seconds, capped at 60; a malformed one is ignored."""
-    assert parse_prefer_wait(header) == expected
-
-
-def test_parse_prefer_wait_custom_maximum() -> None:
-    """The cap is the caller's `maximum`."""
-    assert parse_prefer_wait("wait=30", maximum=5) == 5.0
 
 
 @pytest.fixture

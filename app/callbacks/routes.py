@@ -11,7 +11,7 @@ from app.callbacks.service import chosen_headers, record_callback
 from app.errors import BadRequest, BodyTooLarge, NotFound, PayloadTooLarge
 from app.resources import Resources
 from app.security import token_matches
-from app.tasks.lifecycle import EventOutcome
+from app.vocabulary import EventOutcome
 
 router = APIRouter(tags=["callbacks"])
 

@@ -1,12 +1,14 @@
 """Recording EvoLink's callbacks: every delivery becomes an event, at most one moves the task.
 
-A terminal callback for a task in flight, and its duplicates, are written in one statement
-(app.tasks.direct); everything else — and those too when the direct pool is unavailable or
-the task is not in the state they assume — takes the careful path under a row lock.
+A terminal callback is first written without reading the task, judged against the state it
+implies (in flight with the provider id it names; or already in the status it repeats);
+everything else — and those too when the task is in another state or the direct pool is
+unavailable — is read, judged and written by app.tasks.writer's loop.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from typing import Any
@@ -17,12 +19,13 @@ from pydantic_core import from_json
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.callbacks.bodies import stored_body
-from app.db import DirectUnavailable, transaction
+from app.db import DirectUnavailable
 from app.evolink.schemas import SCRUB, ProviderTask, storable_text
 from app.security import scrub_token
-from app.tasks import direct
-from app.tasks.lifecycle import EventKind, EventOutcome
-from app.tasks.transitions import Verdict, apply_verdict, find_locked, observe
+from app.tasks import writer
+from app.tasks.transitions import TaskState, Verdict, judge, terminal_guards
+from app.tasks.writer import Direct, Event, Written
+from app.vocabulary import EventKind, EventOutcome, TaskStatus
 
 logger = logging.getLogger("edithook.callbacks")
 
@@ -93,33 +96,49 @@ async def record_callback(
         else f"body over the limit ({oversize_bytes} bytes)"
     )
     raw = stored_body(body) if body is not None else None
-    if pool is not None and raw is not None and isinstance(parsed, ProviderTask):
+    event = Event(EventKind.CALLBACK, body=raw, headers=headers)
+    if isinstance(parsed, str):
+        rejected = Verdict(EventOutcome.REJECTED, parsed)
+        settled = await writer.settle_anywhere(pool, sessions, task_id, lambda _: rejected, event)
+        return settled.outcome
+    event = Event(EventKind.CALLBACK, parsed.status, raw, headers)
+    if pool is not None:
         try:
-            written = await direct.settle_by_callback(
-                pool, task_id, parsed, body=raw, headers=headers
-            )
+            written = await settle_by_callback(pool, task_id, parsed, event)
         except DirectUnavailable as exc:
-            logger.warning("callback for task %s takes the careful path: %s", task_id, exc)
+            logger.warning("callback for task %s goes through the engine: %s", task_id, exc)
         else:
             if written is not None and not written.exists:
                 return None
             if written is not None and written.outcome is not None:
                 return written.outcome
-    async with transaction(sessions) as session:
-        task = await find_locked(session, task_id)
-        if task is None:
-            return None
-        if isinstance(parsed, str):
-            event = await apply_verdict(
-                session,
-                task,
-                Verdict(EventOutcome.REJECTED, parsed),
-                EventKind.CALLBACK,
-                body=raw,
-                headers=headers,
-            )
-        else:
-            event = await observe(
-                session, task, parsed, EventKind.CALLBACK, body=raw, headers=headers
-            )
-        return EventOutcome(event.outcome)
+    when = writer.now()
+    settled = await writer.settle_anywhere(
+        pool, sessions, task_id, lambda state: judge(state, parsed, EventKind.CALLBACK, when), event
+    )
+    return settled.outcome
+
+
+async def settle_by_callback(
+    pool: AsyncConnectionPool, task_id: uuid.UUID, observed: ProviderTask, event: Event
+) -> Written | None:
+    """A terminal callback, written without reading the task: applied if it is in flight with
+    the provider id the callback names, a duplicate if it already has the status repeated;
+    nothing written otherwise. None, with nothing asked of the database, for any other
+    message."""
+    error_code = observed.error.code_str if observed.error else None
+    guards = terminal_guards(
+        observed.status, error_code, len(observed.results or []), EventKind.CALLBACK
+    )
+    if guards is None or not observed.id:
+        return None
+    applied_guard, repeated_guard = (
+        dataclasses.replace(guard, provider_task_id=observed.id) for guard in guards
+    )
+    verdict = judge(
+        TaskState(TaskStatus.PROCESSING, observed.id), observed, EventKind.CALLBACK, writer.now()
+    )
+    otherwise = (Verdict(EventOutcome.DUPLICATE), repeated_guard)
+    return await writer.write(
+        Direct(pool), task_id, verdict, applied_guard, event, otherwise=otherwise
+    )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from enum import StrEnum
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -21,14 +22,44 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 from app.db import Base
-from app.tasks.lifecycle import EventKind, EventOutcome, ResultStatus, TaskStatus
+from app.vocabulary import (
+    IN_FLIGHT,
+    EventKind,
+    EventOutcome,
+    ResolvedBy,
+    ResultStatus,
+    TaskStatus,
+    sql_list,
+)
+
+E = TypeVar("E", bound=StrEnum)
 
 
-def _one_of(column: str, values: type[Any]) -> str:
-    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
+class Word(TypeDecorator[E]):
+    """A text column holding one of an enum's values: read as the enum, written from it (or
+    from its value as a string); any other string is refused before it reaches the database."""
+
+    impl = Text
+    cache_ok = True
+
+    def __init__(self, enum: type[E]) -> None:
+        super().__init__()
+        self.enum = enum
+
+    def process_bind_param(self, value: E | str | None, dialect: Dialect) -> str | None:
+        return None if value is None else self.enum(value).value
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> E | None:
+        return None if value is None else self.enum(value)
+
+
+def _one_of(column: str, values: type[StrEnum]) -> str:
+    return f"{column} IN ({sql_list(values)})"
 
 
 class Task(Base):
@@ -38,7 +69,7 @@ class Task(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     client: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(Text, default=TaskStatus.QUEUED.value)
+    status: Mapped[TaskStatus] = mapped_column(Word(TaskStatus), default=TaskStatus.QUEUED)
     progress: Mapped[int] = mapped_column(SmallInteger, default=0)
     # The edit as the client asked for it, in the provider's field names, without callback_url.
     request: Mapped[dict[str, Any]] = mapped_column(JSONB)
@@ -51,7 +82,7 @@ class Task(Base):
     error_code: Mapped[str | None] = mapped_column(Text)
     error_message: Mapped[str | None] = mapped_column(Text)
     # How the task reached its terminal state: by a callback, a poll, or our own decision.
-    resolved_by: Mapped[str | None] = mapped_column(Text)
+    resolved_by: Mapped[ResolvedBy | None] = mapped_column(Word(ResolvedBy))
     polled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     poll_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(
@@ -67,8 +98,7 @@ class Task(Base):
         CheckConstraint(_one_of("status", TaskStatus), name="status"),
         CheckConstraint("progress BETWEEN 0 AND 100", name="progress"),
         CheckConstraint(
-            "resolved_by IS NULL OR resolved_by IN ('callback', 'poll', 'submission', 'system')",
-            name="resolved_by",
+            f"resolved_by IS NULL OR {_one_of('resolved_by', ResolvedBy)}", name="resolved_by"
         ),
         # Newest-first listing per client, optionally narrowed to one status.
         Index("ix_tasks_client_created", "client", text("created_at DESC"), text("id DESC")),
@@ -83,7 +113,7 @@ class Task(Base):
             "ix_tasks_in_flight",
             "status",
             "updated_at",
-            postgresql_where=text("status IN ('queued', 'submitting', 'pending', 'processing')"),
+            postgresql_where=text(f"status IN ({sql_list(IN_FLIGHT)})"),
         ),
         Index(
             "ix_tasks_finished_at",
@@ -111,10 +141,10 @@ class TaskEvent(Base):
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     task_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
-    kind: Mapped[str] = mapped_column(Text)
-    outcome: Mapped[str] = mapped_column(Text)
-    from_status: Mapped[str | None] = mapped_column(Text)
-    to_status: Mapped[str | None] = mapped_column(Text)
+    kind: Mapped[EventKind] = mapped_column(Word(EventKind))
+    outcome: Mapped[EventOutcome] = mapped_column(Word(EventOutcome))
+    from_status: Mapped[TaskStatus | None] = mapped_column(Word(TaskStatus))
+    to_status: Mapped[TaskStatus | None] = mapped_column(Word(TaskStatus))
     provider_status: Mapped[str | None] = mapped_column(Text)
     detail: Mapped[str | None] = mapped_column(Text)
     # The raw callback or response body and chosen request headers; pruned after retention.
@@ -142,7 +172,7 @@ class TaskResult(Base):
     task_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
     index: Mapped[int] = mapped_column(Integer)
     provider_url: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(Text, default=ResultStatus.PENDING.value)
+    status: Mapped[ResultStatus] = mapped_column(Word(ResultStatus), default=ResultStatus.PENDING)
     content_type: Mapped[str | None] = mapped_column(Text)
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     sha256: Mapped[str | None] = mapped_column(Text)
@@ -158,5 +188,9 @@ class TaskResult(Base):
     __table_args__ = (
         CheckConstraint(_one_of("status", ResultStatus), name="status"),
         UniqueConstraint("task_id", "index"),
-        Index("ix_task_results_pending", "task_id", postgresql_where=text("status = 'pending'")),
+        Index(
+            "ix_task_results_pending",
+            "task_id",
+            postgresql_where=text(f"status = '{ResultStatus.PENDING.value}'"),
+        ),
     )

@@ -9,7 +9,7 @@ must pass `address_allowed`. The request goes to one of those checked addresses,
 normalised name kept for `Host` and TLS, so a second DNS answer cannot point the connection
 somewhere else. Redirects are followed by
 hand (at most `MAX_REDIRECTS`), the body is read up to `max_bytes`, and the bytes must
-decode as a PNG, JPEG, WebP or GIF image of a sane pixel count.
+decode as a PNG, JPEG or WebP image (what the provider produces) of a sane pixel count.
 """
 
 from __future__ import annotations
@@ -42,9 +42,8 @@ FORMATS: Final[dict[str, tuple[str, str]]] = {
     "JPEG": ("image/jpeg", "jpg"),
     "MPO": ("image/jpeg", "jpg"),
     "WEBP": ("image/webp", "webp"),
-    "GIF": ("image/gif", "gif"),
 }
-_OPENERS: Final = ("PNG", "JPEG", "WEBP", "GIF")
+_OPENERS: Final = ("PNG", "JPEG", "WEBP")
 
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 # 403/404/410 are retryable: a CDN may not have the file yet; the caller stops at expiry.
@@ -159,8 +158,8 @@ async def fetch_image(
     addresses are allowed too, over http or https. Redirects are followed by hand, at most
     `MAX_REDIRECTS`, each target checked like the first. Raises FetchError: transport
     errors, timeouts, 5xx, 403, 404, 408, 410 and 429 are retryable; other statuses, a
-    refused address, a body over `max_bytes` and anything that is not a PNG, JPEG, WebP or
-    GIF image are permanent.
+    refused address, a body over `max_bytes` and anything that is not a PNG, JPEG or WebP
+    image are permanent.
     """
     try:
         parsed = httpx.URL(url)
@@ -224,7 +223,7 @@ async def _get_once(
 ) -> bytes | httpx.URL:
     """The body of a 2xx answer, or the next URL of a redirect; FetchError otherwise."""
     pinned, headers, extensions = _pinned(url, target, address)
-    headers["Accept"] = "image/png, image/jpeg, image/webp, image/gif;q=0.8, */*;q=0.1"
+    headers["Accept"] = "image/png, image/jpeg, image/webp, */*;q=0.1"
     async with http.stream(
         "GET", pinned, headers=headers, extensions=extensions, follow_redirects=False
     ) as response:
@@ -278,7 +277,7 @@ def _decode(data: bytes) -> tuple[str, str, int, int]:
         # above refuses the same image, since MAX_PIXELS is below Pillow's threshold.
         raise _permanent(f"the image is too large to decode: {exc}") from exc
     except UnidentifiedImageError as exc:
-        raise _permanent("the body is not a PNG, JPEG, WebP or GIF image") from exc
+        raise _permanent("the body is not a PNG, JPEG or WebP image") from exc
     except Exception as exc:  # corrupt input makes Pillow raise nearly anything
         raise _permanent(f"the image could not be decoded: {_describe(exc)}") from exc
     if format_name not in FORMATS:

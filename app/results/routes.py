@@ -15,8 +15,8 @@ from app.deps import NOT_FOUND, PROBLEM, CallerDep, ResourcesDep, SessionDep, pa
 from app.errors import Conflict, NotFound, ProblemError, ServiceUnavailable
 from app.results import service
 from app.results.storage import StorageError
-from app.tasks.lifecycle import ResultStatus
 from app.tasks.schemas import ResultList, ResultRead
+from app.vocabulary import ResultStatus
 
 logger = logging.getLogger("edithook.results")
 

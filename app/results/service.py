@@ -27,9 +27,9 @@ from app.models import Task, TaskEvent, TaskResult
 from app.notify import notify_task_changed
 from app.results.fetch import FetchError, fetch_image
 from app.results.storage import ResultStorage, StorageError
-from app.tasks.lifecycle import EventKind, EventOutcome, ResultStatus, TaskStatus
 from app.tasks.service import require_owned
 from app.tasks.transitions import result_limit
+from app.vocabulary import EventKind, EventOutcome, ResultStatus, TaskStatus
 
 LINK_TTL: Final = timedelta(hours=24)
 # The least wait before asking the provider again when it could not confirm the results.
@@ -39,7 +39,7 @@ MAX_RETRY_SECONDS: Final = 300.0
 NOT_CONFIRMED: Final = "not confirmed by the provider"
 EXPIRED: Final = "the provider's link expired before the image could be copied"
 
-_PENDING = ResultStatus.PENDING.value
+_PENDING = ResultStatus.PENDING
 # Refusals about our account (key, credit), not about the task: they wait for an operator.
 _ABOUT_US: Final = frozenset({401, 402})
 
@@ -246,7 +246,7 @@ async def _reconcile(
                     notes.append(f"result {index} differs (already {row.status}, kept)")
         for row in rows:
             if row.index >= len(confirmed) and row.status == _PENDING:
-                row.status = ResultStatus.FAILED.value
+                row.status = ResultStatus.FAILED
                 row.error = NOT_CONFIRMED
                 report.failed += 1
                 notes.append(f"result {row.index} {NOT_CONFIRMED}")
@@ -296,7 +296,7 @@ async def _store_one(
                     TaskResult.provider_url == target.url,
                 )
                 .values(
-                    status=ResultStatus.STORED.value,
+                    status=ResultStatus.STORED,
                     content_type=image.content_type,
                     size_bytes=len(image.data),
                     sha256=image.sha256,
@@ -334,7 +334,7 @@ async def _fail_row(
         done = await session.execute(
             update(TaskResult)
             .where(TaskResult.id == target.row_id, TaskResult.status == _PENDING)
-            .values(status=ResultStatus.FAILED.value, error=reason)
+            .values(status=ResultStatus.FAILED, error=reason)
         )
         if not _count(done):
             return False
@@ -352,7 +352,7 @@ async def _fail_pending(
         done = await session.execute(
             update(TaskResult)
             .where(TaskResult.task_id == run.task_id, TaskResult.status == _PENDING)
-            .values(status=ResultStatus.FAILED.value, error=reason)
+            .values(status=ResultStatus.FAILED, error=reason)
         )
         count = _count(done)
         session.add(_event(run, EventOutcome.ERROR, reason))
@@ -399,10 +399,12 @@ async def _retry_confirmation(
 def _event(
     run: _Run, outcome: EventOutcome, detail: str, observed: ProviderTask | None = None
 ) -> TaskEvent:
+    # The provider's answer to our confirming poll is a poll's event; a copy's own fate is
+    # a storage event.
     return TaskEvent(
         task_id=run.task_id,
-        kind=EventKind.POLL.value,
-        outcome=outcome.value,
+        kind=EventKind.POLL if observed is not None else EventKind.STORAGE,
+        outcome=outcome,
         provider_status=observed.status if observed is not None else None,
         detail=detail,
         body=observed.model_dump_json(exclude_none=True) if observed is not None else None,

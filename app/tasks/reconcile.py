@@ -15,13 +15,14 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import transaction
 from app.evolink.client import EvoLinkError
 from app.models import Task
 from app.resources import Resources
 from app.security import callback_token
-from app.tasks.lifecycle import TERMINAL, EventKind, EventOutcome, TaskStatus
-from app.tasks.transitions import Verdict, apply_verdict, fail, lock_task, observe
+from app.tasks import writer
+from app.tasks.transitions import TaskState, Verdict, fail, judge
+from app.tasks.writer import Event
+from app.vocabulary import TERMINAL, EventKind, EventOutcome, TaskStatus
 
 logger = logging.getLogger("edithook.reconcile")
 
@@ -54,35 +55,41 @@ async def poll_task(resources: Resources, task_id: uuid.UUID) -> PollResult:
             provider_id, hide=callback_token(secret, task_id)
         )
     except EvoLinkError as exc:
-        async with transaction(resources.sessions) as session:
-            task = await _mark_polled(session, task_id)
-            detail = f"poll failed ({exc})"
-            verdict = Verdict(EventOutcome.ERROR, detail)
-            silent_for = datetime.now(UTC) - (task.submitted_at or task.created_at)
-            timeout = timedelta(seconds=resources.settings.submit_unknown_timeout_seconds)
-            if (
-                exc.code == "task_not_found"
-                and task.status not in TERMINAL
-                and silent_for > timeout
-            ):
-                message = "the provider no longer knows this task"
-                fail(verdict, EventKind.SYSTEM, "provider_task_not_found", message)
-                verdict.detail = message
-            await apply_verdict(session, task, verdict, EventKind.POLL)
-        return PollResult(verdict.outcome, detail)
-    async with transaction(resources.sessions) as session:
-        task = await _mark_polled(session, task_id)
-        event = await observe(
-            session, task, observed, EventKind.POLL, body=observed.model_dump_json()
+        error, detail = exc, f"poll failed ({exc})"
+        timeout = timedelta(seconds=resources.settings.submit_unknown_timeout_seconds)
+        when = writer.now()
+        written = await writer.settle_anywhere(
+            resources.pool,
+            resources.sessions,
+            task_id,
+            lambda state: failed_poll(state, error, detail, timeout, when),
+            Event(EventKind.POLL, polled=True),
         )
-        return PollResult(EventOutcome(event.outcome), event.detail)
+        return PollResult(written.outcome or EventOutcome.ERROR, detail)
+    when = writer.now()
+    written = await writer.settle_anywhere(
+        resources.pool,
+        resources.sessions,
+        task_id,
+        lambda state: judge(state, observed, EventKind.POLL, when),
+        Event(EventKind.POLL, observed.status, observed.model_dump_json(), polled=True),
+    )
+    if written.outcome is None or written.verdict is None:
+        return PollResult(EventOutcome.REJECTED, "the task does not exist")
+    return PollResult(written.outcome, written.verdict.detail)
 
 
-async def _mark_polled(session: AsyncSession, task_id: uuid.UUID) -> Task:
-    task = await lock_task(session, task_id)
-    task.polled_at = datetime.now(UTC)
-    task.poll_count += 1
-    return task
+def failed_poll(
+    state: TaskState, exc: EvoLinkError, detail: str, timeout: timedelta, now: datetime
+) -> Verdict:
+    """A poll the provider did not answer: an error event; and a task the provider no longer
+    knows, silent for longer than the unknown-outcome limit, fails."""
+    silent_for = now - (state.submitted_at or state.created_at or now)
+    if exc.code == "task_not_found" and state.status not in TERMINAL and silent_for > timeout:
+        message = "the provider no longer knows this task"
+        verdict = Verdict(EventOutcome.ERROR, message)
+        return fail(verdict, EventKind.SYSTEM, "provider_task_not_found", message, now)
+    return Verdict(EventOutcome.ERROR, detail)
 
 
 async def due_for_poll(session: AsyncSession, resources: Resources, limit: int) -> list[uuid.UUID]:
@@ -104,7 +111,7 @@ async def due_for_poll(session: AsyncSession, resources: Resources, limit: int) 
     rows = await session.execute(
         select(Task.id)
         .where(
-            Task.status.in_([TaskStatus.PENDING.value, TaskStatus.PROCESSING.value]),
+            Task.status.in_([TaskStatus.PENDING, TaskStatus.PROCESSING]),
             Task.provider_task_id.is_not(None),
             last_word + interval < func.now(),
         )
@@ -119,35 +126,47 @@ async def give_up_on_silent_submissions(resources: Resources) -> int:
     cutoff = datetime.now(UTC) - timedelta(
         seconds=resources.settings.submit_unknown_timeout_seconds
     )
-    given_up = 0
-    async with transaction(resources.sessions) as session:
-        tasks = (
+    async with resources.sessions() as session:
+        silent = (
             await session.execute(
-                select(Task)
+                select(Task.id)
                 .where(
-                    Task.status == TaskStatus.SUBMITTING.value,
+                    Task.status == TaskStatus.SUBMITTING,
                     Task.provider_task_id.is_(None),
                     Task.updated_at < cutoff,
                 )
                 .limit(100)
-                .with_for_update(skip_locked=True)
             )
         ).scalars()
-        for task in tasks:
-            minutes = resources.settings.submit_unknown_timeout_seconds / 60
-            message = (
-                "the provider never confirmed the submission and sent no word "
-                f"for {minutes:g} minutes"
-            )
-            verdict = fail(
-                Verdict(EventOutcome.APPLIED, message),
-                EventKind.SYSTEM,
-                "submission_outcome_unknown",
-                message,
-            )
-            await apply_verdict(session, task, verdict, EventKind.SYSTEM)
-            given_up += 1
+    given_up = 0
+    when = writer.now()
+    minutes = resources.settings.submit_unknown_timeout_seconds / 60
+    message = (
+        f"the provider never confirmed the submission and sent no word for {minutes:g} minutes"
+    )
+    for task_id in list(silent):
+        written = await writer.settle_anywhere(
+            resources.pool,
+            resources.sessions,
+            task_id,
+            lambda state: silent_submission(state, cutoff, message, when),
+            Event(EventKind.SYSTEM),
+        )
+        given_up += written.outcome is not None
     return given_up
+
+
+def silent_submission(
+    state: TaskState, cutoff: datetime, message: str, now: datetime
+) -> Verdict | None:
+    """The time limit of an unconfirmed create: a task still `submitting` without a provider
+    id, unchanged since `cutoff`, fails; any other is left alone (None)."""
+    if state.status != TaskStatus.SUBMITTING or state.provider_task_id is not None:
+        return None
+    if state.updated_at is None or state.updated_at >= cutoff:
+        return None
+    verdict = Verdict(EventOutcome.APPLIED, message)
+    return fail(verdict, EventKind.SYSTEM, "submission_outcome_unknown", message, now)
 
 
 async def reconcile(resources: Resources) -> ReconcileReport:

@@ -32,9 +32,9 @@ from app.errors import Conflict
 from app.models import TaskEvent
 from app.resources import Resources
 from app.tasks import service
-from app.tasks.lifecycle import EventOutcome, TaskStatus
 from app.tasks.reconcile import poll_task
 from app.tasks.schemas import EventPage, EventRead, TaskCreate, TaskPage, TaskRead
+from app.vocabulary import EventOutcome, TaskStatus
 from app.waiting import parse_prefer_wait
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])

@@ -6,6 +6,7 @@ import re
 import unicodedata
 import uuid
 from datetime import datetime
+from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import (
@@ -23,17 +24,30 @@ from pydantic import (
 )
 
 from app.urls import check_url
+from app.vocabulary import (
+    MAX_RESULTS,
+    EventKind,
+    EventOutcome,
+    ResolvedBy,
+    ResultStatus,
+    TaskStatus,
+)
 
 PROMPT_MAX = 2000
 NEGATIVE_PROMPT_MAX = 500
 IMAGE_URLS_MAX = 3
 URL_MAX = 2048
-N_MAX = 6
 SIZE_MIN, SIZE_MAX = 512, 2048
 SEED_MAX = 2_147_483_647
 METADATA_MAX_KEYS = 20
 # Matched with `fullmatch`: `$` would also match before a final newline.
 METADATA_KEY_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+def _listed(words: type[StrEnum]) -> str:
+    return ", ".join(word.value for word in words)
+
+
 METADATA_VALUE_MAX = 500
 SIZE_RE = re.compile(r"([0-9]+)x([0-9]+)")
 # Postgres stores neither NUL nor a lone surrogate (JSON's `"\udfff"` reads as one).
@@ -137,7 +151,7 @@ class TaskCreate(BaseModel):
         max_length=IMAGE_URLS_MAX,
         description="1–3 publicly reachable https URLs of the input images.",
     )
-    n: Annotated[StrictInt, Field(ge=1, le=N_MAX), IntegralNumber] = Field(
+    n: Annotated[StrictInt, Field(ge=1, le=MAX_RESULTS), IntegralNumber] = Field(
         default=1, description="Number of images to produce (1–6; the provider pre-charges n)."
     )
     size: StorableStr | None = Field(
@@ -267,8 +281,8 @@ class TaskRead(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE_TASK]})
 
     id: uuid.UUID
-    status: str = Field(
-        description="queued, submitting, pending, processing, completed, failed or cancelled"
+    status: TaskStatus = Field(
+        description="Where the task stands; completed, failed and cancelled are terminal."
     )
     progress: int
     request: dict[str, Any] = Field(description="The edit parameters as submitted.")
@@ -277,8 +291,12 @@ class TaskRead(BaseModel):
     estimated_seconds: float | None
     usage: dict[str, Any] | None
     error: TaskError | None
-    resolved_by: str | None = Field(
-        description="How the terminal state was learnt: callback, poll or submission."
+    resolved_by: ResolvedBy | None = Field(
+        description=(
+            "What told us the terminal state: the provider's callback, our poll, the create's"
+            " own answer (submission), or edithook's own decision (system, such as a time"
+            f" limit). One of: {_listed(ResolvedBy)}; null until terminal."
+        )
     )
     result_count: int
     results_stored: bool = Field(description="True once every result image is in our storage.")
@@ -319,7 +337,9 @@ class ResultRead(BaseModel):
     )
 
     index: int
-    status: str = Field(description="pending (not yet copied), stored, or failed")
+    status: ResultStatus = Field(
+        description=f"pending (not yet copied), stored, or failed. One of: {_listed(ResultStatus)}."
+    )
     source_url: str = Field(
         # Read from a stored row (`provider_url`) as well as from a dict of this model.
         validation_alias=AliasChoices("source_url", "provider_url"),
@@ -363,10 +383,23 @@ class EventRead(BaseModel):
     )
 
     id: int
-    kind: str = Field(description="created, submission, callback or poll")
-    outcome: str = Field(description="applied, duplicate, stale, anomaly, rejected or error")
-    from_status: str | None
-    to_status: str | None
+    kind: EventKind = Field(
+        description=(
+            "What caused it: the task's creation, its submission, a callback, a poll, copying"
+            " its result images (storage), or edithook's own decision (system)."
+            f" One of: {_listed(EventKind)}."
+        )
+    )
+    outcome: EventOutcome = Field(
+        description=(
+            "What it did: applied (moved the task or changed its fields), duplicate (repeated"
+            " what the task says), stale (older than it), anomaly (contradicts a terminal"
+            " state or cannot be matched; kept, not applied), rejected (unreadable body) or"
+            f" error (the call behind it failed). One of: {_listed(EventOutcome)}."
+        )
+    )
+    from_status: TaskStatus | None = Field(description="Set when the event moved the task.")
+    to_status: TaskStatus | None = Field(description="Set when the event moved the task.")
     provider_status: str | None
     detail: str | None
     body: str | None

@@ -22,8 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.errors import BadRequest, Conflict, NotFound
 from app.jobs import SUBMIT_TASK, enqueue
 from app.models import Task, TaskEvent, TaskResult
-from app.tasks.lifecycle import TERMINAL, EventKind, EventOutcome, ResultStatus, TaskStatus
 from app.tasks.schemas import TaskCreate
+from app.vocabulary import TERMINAL, EventKind, EventOutcome, ResultStatus, TaskStatus
 
 _result_count = (
     select(func.count()).where(TaskResult.task_id == Task.id).correlate(Task).scalar_subquery()

@@ -19,7 +19,8 @@ import asyncio
 import logging
 import time
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -27,15 +28,16 @@ from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolCheckoutTimeout
 
-from app.db import DirectUnavailable, fetch_one, transaction
+from app.db import DirectUnavailable, fetch_one
 from app.evolink.client import EvoLinkError
 from app.evolink.schemas import CreateRequest, ProviderTask
 from app.resources import Resources
 from app.security import callback_path, callback_token
 from app.settings import Settings
-from app.tasks import direct
-from app.tasks.lifecycle import EventKind, EventOutcome, TaskStatus
-from app.tasks.transitions import Verdict, apply_verdict, fail, lock_task, observe
+from app.tasks import writer
+from app.tasks.transitions import TaskState, Verdict, fail, implied_guard, judge
+from app.tasks.writer import Direct, Event, Written
+from app.vocabulary import EventKind, EventOutcome, TaskStatus
 
 logger = logging.getLogger("edithook.submission")
 
@@ -199,21 +201,68 @@ async def _keep_recording(
         raise
 
 
+def _answer_event(created: ProviderTask) -> Event:
+    return Event(EventKind.SUBMISSION, created.status, created.model_dump_json(), submitted=True)
+
+
+def _judge_answer(created: ProviderTask) -> Callable[[TaskState], Verdict]:
+    when = writer.now()
+    return lambda state: judge(state, created, EventKind.SUBMISSION, when)
+
+
+async def record_created(
+    pool: AsyncConnectionPool, task_id: uuid.UUID, created: ProviderTask
+) -> Written:
+    """The create's answer, written without reading the task: judged against the state the
+    submission left it in (`submitting`, no provider id); nothing is written when the task
+    is in another state (a callback got there first). Raises DirectUnavailable when the
+    direct pool cannot run it."""
+    rule = _judge_answer(created)
+    implied = TaskState(TaskStatus.SUBMITTING, None)
+    verdict = rule(implied)
+    guard = implied_guard(rule, implied, verdict)
+    return await writer.write(Direct(pool), task_id, verdict, guard, _answer_event(created))
+
+
 async def _record_answer(resources: Resources, task_id: uuid.UUID, created: ProviderTask) -> None:
-    """Record the create's answer once, by the one-statement path or the careful one."""
-    body = created.model_dump_json()
+    """Record the create's answer once: without a read when the task is as the submission
+    left it, else (or when the direct pool is unavailable) by the read-judge-write loop."""
     try:
-        written = await direct.record_created(resources.pool, task_id, created, body=body)
+        written = await record_created(resources.pool, task_id, created)
     except DirectUnavailable as exc:
         logger.warning("recording the create of task %s through the engine: %s", task_id, exc)
     else:
-        if written is not None and written.outcome is not None:
+        if written.outcome is not None or not written.exists:
             return
-    # A callback got there first, the answer is unusual, or the direct pool is unavailable.
-    async with transaction(resources.sessions) as session:
-        task = await lock_task(session, task_id)
-        task.submitted_at = task.submitted_at or datetime.now(UTC)
-        await observe(session, task, created, EventKind.SUBMISSION, body=body)
+    await writer.settle_anywhere(
+        resources.pool, resources.sessions, task_id, _judge_answer(created), _answer_event(created)
+    )
+
+
+def failed_create(
+    state: TaskState, exc: EvoLinkError, detail: str, requeue_in: float | None, now: datetime
+) -> Verdict:
+    """What a failed create does to the task: requeue it, leave it waiting (ambiguous), or
+    fail it; only an error event once a callback has settled it (possible after an
+    ambiguous create)."""
+    verdict = Verdict(EventOutcome.ERROR, detail)
+    if state.status != TaskStatus.SUBMITTING:
+        return verdict
+    if requeue_in is not None:
+        return Verdict(
+            EventOutcome.ERROR,
+            f"{detail}; nothing was created, retrying in {requeue_in:g} s",
+            TaskStatus.QUEUED,
+            {"status": TaskStatus.QUEUED},
+        )
+    if exc.outcome == "ambiguous":
+        return Verdict(
+            EventOutcome.ERROR,
+            f"{detail}; the provider may have accepted it, so it is not sent again: "
+            "waiting for its callback or a poll",
+        )
+    code = exc.code or f"provider_http_{exc.status_code or 'unreachable'}"
+    return fail(verdict, EventKind.SUBMISSION, code, exc.message, now)
 
 
 async def _record_failure(
@@ -223,25 +272,11 @@ async def _record_failure(
     answer = f"HTTP {exc.status_code}" if exc.status_code else "no response"
     detail = f"{exc.outcome}: {answer}, {exc.code or 'no code'}: {exc.message}"
     logger.warning("submission of task %s failed (%s)", task_id, detail)
-    async with transaction(resources.sessions) as session:
-        task = await lock_task(session, task_id)
-        if task.status != TaskStatus.SUBMITTING:
-            # A callback settled it meanwhile (possible after an ambiguous create).
-            await apply_verdict(
-                session, task, Verdict(EventOutcome.ERROR, detail), EventKind.SUBMISSION
-            )
-            return
-        verdict = Verdict(EventOutcome.ERROR, detail)
-        if requeue_in is not None:
-            verdict.detail = f"{detail}; nothing was created, retrying in {requeue_in:g} s"
-            verdict.to_status = TaskStatus.QUEUED
-            verdict.changes = {"status": TaskStatus.QUEUED.value}
-        elif exc.outcome == "ambiguous":
-            verdict.detail = (
-                f"{detail}; the provider may have accepted it, so it is not sent again: "
-                "waiting for its callback or a poll"
-            )
-        else:
-            code = exc.code or f"provider_http_{exc.status_code or 'unreachable'}"
-            fail(verdict, EventKind.SUBMISSION, code, exc.message)
-        await apply_verdict(session, task, verdict, EventKind.SUBMISSION)
+    when = writer.now()
+    await writer.settle_anywhere(
+        resources.pool,
+        resources.sessions,
+        task_id,
+        lambda state: failed_create(state, exc, detail, requeue_in, when),
+        Event(EventKind.SUBMISSION),
+    )

@@ -16,6 +16,7 @@ from sqlalchemy import text
 from app.db import transaction
 from app.jobs import STORE_RESULTS, SUBMIT_TASK, enqueue
 from app.resources import Resources
+from app.vocabulary import ResultStatus, TaskStatus
 
 logger = logging.getLogger("edithook.sweep")
 
@@ -26,24 +27,26 @@ STALLED_WORKER_SECONDS = 60
 FINISHED_JOBS_KEPT_HOURS = 72
 PRUNE_BATCH = 5000
 
-STUCK_SUBMISSIONS = text("""
+# Statuses from the enums (no input), written as literals so that partial indexes serve them.
+STUCK_SUBMISSIONS = text(f"""
     SELECT t.id FROM tasks t
-    WHERE t.status = 'queued' AND t.updated_at < :cutoff
+    WHERE t.status = '{TaskStatus.QUEUED.value}' AND t.updated_at < :cutoff
       AND NOT EXISTS (
         SELECT 1 FROM procrastinate_jobs j
         WHERE j.task_name = :job AND j.status IN ('todo', 'doing')
           AND j.args->>'task_id' = t.id::text)
     LIMIT 500
-""")
-STUCK_RESULT_COPIES = text("""
+""")  # noqa: S608
+STUCK_RESULT_COPIES = text(f"""
     SELECT DISTINCT r.task_id FROM task_results r JOIN tasks t ON t.id = r.task_id
-    WHERE r.status = 'pending' AND t.status = 'completed' AND r.created_at < :cutoff
+    WHERE r.status = '{ResultStatus.PENDING.value}'
+      AND t.status = '{TaskStatus.COMPLETED.value}' AND r.created_at < :cutoff
       AND NOT EXISTS (
         SELECT 1 FROM procrastinate_jobs j
         WHERE j.task_name = :job AND j.status IN ('todo', 'doing')
           AND j.args->>'task_id' = r.task_id::text)
     LIMIT 500
-""")
+""")  # noqa: S608
 
 
 @dataclass

@@ -1,81 +1,124 @@
-"""The one place where what the provider says moves a task.
+"""The one rule for what moves a task, and the guards derived from it.
 
-Callbacks, polls and submission responses all come through `observe`, always with the task's
-row locked, so that duplicates and races resolve the same way whatever their source:
-terminal states never change, statuses never go backwards, and a message that contradicts a
-terminal state is kept as an anomaly instead of being applied.
+`judge` decides what a provider message (a callback, a poll's answer, a create's answer)
+means for a task in a given state: terminal states never change, statuses never go
+backwards, a repeat is a duplicate, a message that contradicts a terminal state is kept as
+an anomaly. edithook's own decisions (time limits, failed creates) are rules of the same
+shape: a function from a task's state to a `Verdict`.
+
+`guard_for` derives, from any such rule, the states of a task for which the verdict it gave
+still holds, by running the rule over every status. app.tasks.writer writes a verdict only
+if the row is in one of those states; nothing else states which transitions are allowed.
+Nothing here touches the database.
 """
 
 from __future__ import annotations
 
-import uuid
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from app.evolink.schemas import ProviderTask
-from app.jobs import STORE_RESULTS, enqueue
-from app.models import Task, TaskEvent, TaskResult
-from app.notify import notify_task_changed
-from app.tasks.lifecycle import (
+from app.evolink.schemas import ERROR_REQUEST_CANCELLED, ProviderTask
+from app.vocabulary import (
+    MAX_RESULTS,
+    NOT_MOVING,
     RANK,
     TERMINAL,
     EventKind,
     EventOutcome,
+    ResolvedBy,
     TaskStatus,
-    status_from_provider,
 )
 
-
-class TaskState(Protocol):
-    """What `judge` reads of a task: a locked `Task` row, or a state assumed by app.tasks.direct."""
-
-    @property
-    def status(self) -> str: ...
-    @property
-    def provider_task_id(self) -> str | None: ...
-    @property
-    def progress(self) -> int: ...
-    @property
-    def request(self) -> dict[str, Any]: ...
-    @property
-    def usage(self) -> dict[str, Any] | None: ...
-    @property
-    def estimated_seconds(self) -> float | None: ...
-
-
-# The provider's largest `n`: no task may have more results than that.
-MAX_RESULTS = 6
 # The error code of a task whose provider answer, to our own call, lists more results than n.
 RESULTS_OVER_N = "provider_results_over_n"
 
 
-def result_limit(request: dict[str, Any] | None) -> int:
+@dataclass(frozen=True)
+class TaskState:
+    """What a rule reads of a task: as read from its row, or as a message implies it."""
+
+    status: TaskStatus
+    provider_task_id: str | None
+    progress: int = 0
+    request: Mapping[str, Any] = field(default_factory=dict)
+    usage: Any = None
+    estimated_seconds: float | None = None
+    submitted_at: datetime | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What an observation does to a task: an immutable value that app.tasks.writer writes.
+
+    `changes` are the task's columns to set; an outcome that says the task did not move
+    (duplicate, stale, anomaly, rejected) can carry none.
+    """
+
+    outcome: EventOutcome
+    detail: str | None = None
+    to_status: TaskStatus | None = None
+    changes: Mapping[str, Any] = field(default_factory=dict)
+    result_urls: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.outcome in NOT_MOVING and (self.changes or self.to_status is not None):
+            raise ValueError(f"a {self.outcome.value} verdict cannot change the task")
+        object.__setattr__(self, "changes", MappingProxyType(dict(self.changes)))
+        object.__setattr__(self, "result_urls", tuple(self.result_urls))
+
+    def moves(self, state: TaskState) -> bool:
+        """Whether writing this verdict changes the status of a task in `state`."""
+        return self.to_status is not None and self.to_status != state.status
+
+    def __hash__(self) -> int:
+        return hash((self.outcome, self.detail, self.to_status, self.result_urls))
+
+
+# A rule decides what a task in a state is to undergo; None: nothing (no event either).
+Rule = Callable[[TaskState], "Verdict | None"]
+
+
+def status_from_provider(status: str, error_code: str | None) -> TaskStatus | None:
+    """Our status for a provider status, or None for one we do not know.
+
+    The provider reports a cancellation either as `cancelled` or as `failed` with the error
+    code `request_cancelled`; both become `cancelled`.
+    """
+    match status:
+        case "pending":
+            return TaskStatus.PENDING
+        case "processing":
+            return TaskStatus.PROCESSING
+        case "completed":
+            return TaskStatus.COMPLETED
+        case "failed" if error_code == ERROR_REQUEST_CANCELLED:
+            return TaskStatus.CANCELLED
+        case "failed":
+            return TaskStatus.FAILED
+        case "cancelled":
+            return TaskStatus.CANCELLED
+        case _:
+            return None
+
+
+def result_limit(request: Mapping[str, Any] | None) -> int:
     """How many results a task may have: the `n` it asked for, or the provider's maximum
-    when its stored request does not say. app.tasks.direct states the same rule in SQL."""
+    when its stored request does not say."""
     n = (request or {}).get("n")
     if isinstance(n, int | float) and not isinstance(n, bool) and 1 <= n <= MAX_RESULTS:
         return int(n)
     return MAX_RESULTS
 
 
-@dataclass
-class Verdict:
-    """What an observation does to a task; `apply_verdict` carries it out."""
-
-    outcome: EventOutcome
-    detail: str | None = None
-    to_status: TaskStatus | None = None
-    changes: dict[str, Any] = field(default_factory=dict)
-    result_urls: list[str] = field(default_factory=list)
-
-
-def judge(task: TaskState, observed: ProviderTask, source: EventKind) -> Verdict:
-    """Decide what `observed` means for `task`, without touching either."""
+def judge(task: TaskState, observed: ProviderTask, source: EventKind, now: datetime) -> Verdict:
+    """Decide what `observed` means for `task` (`now` is when it is decided)."""
     error_code = observed.error.code_str if observed.error else None
     new = status_from_provider(observed.status, error_code)
     if new is None:
@@ -94,7 +137,7 @@ def judge(task: TaskState, observed: ProviderTask, source: EventKind) -> Verdict
             f"names provider task {observed.id!r}, but this task is {task.provider_task_id!r}",
         )
 
-    current = TaskStatus(task.status)
+    current = task.status
     if current in TERMINAL:
         if new == current:
             return Verdict(EventOutcome.DUPLICATE)
@@ -109,47 +152,49 @@ def judge(task: TaskState, observed: ProviderTask, source: EventKind) -> Verdict
 
     listed, limit = len(observed.results or []), result_limit(task.request)
     if new == TaskStatus.COMPLETED and listed > limit:
-        return _too_many_results(source, listed, limit, changes)
+        return _too_many_results(source, listed, limit, changes, now)
 
-    progress = _progress(observed.progress)
-    if new == TaskStatus.COMPLETED:
-        progress = 100
-    if progress is not None and progress > task.progress:
+    # Within a status only what differs is a change: a provider holding a task repeats its
+    # usage and estimate on every poll, and a repeat must neither count as applied nor wake
+    # waiters. A move carries every value the message has, so that it is the same move
+    # whatever the task's own values (progress is never lowered by the writer).
+    moving = new != current
+    progress = 100 if new == TaskStatus.COMPLETED else _progress(observed.progress)
+    if progress is not None and (moving or progress > task.progress):
         changes["progress"] = progress
-    # Only what differs is a change: a provider holding a task repeats its usage and
-    # estimate on every poll, and a repeat must neither count as applied nor wake waiters.
-    if observed.usage is not None and observed.usage != task.usage:
+    if observed.usage is not None and (moving or observed.usage != task.usage):
         changes["usage"] = observed.usage
     if observed.task_info is not None and observed.task_info.estimated_time is not None:
         estimate = float(observed.task_info.estimated_time)
-        if estimate != task.estimated_seconds:
+        if moving or estimate != task.estimated_seconds:
             changes["estimated_seconds"] = estimate
 
-    if new == current:
+    if not moving:
         if not changes:
             return Verdict(EventOutcome.DUPLICATE)
         return Verdict(EventOutcome.APPLIED, to_status=new, changes=changes)
 
-    changes["status"] = new.value
-    verdict = Verdict(EventOutcome.APPLIED, to_status=new, changes=changes)
+    changes["status"] = new
+    detail: str | None = None
+    urls: tuple[str, ...] = ()
     if new in TERMINAL:
-        changes["resolved_by"] = source.value
-        changes["finished_at"] = datetime.now(UTC)
+        changes["resolved_by"] = ResolvedBy(source.value)
+        changes["finished_at"] = now
     if new == TaskStatus.COMPLETED:
-        verdict.result_urls = [url for url in observed.results or [] if isinstance(url, str)]
-        if not verdict.result_urls:
-            verdict.detail = "completed without result images"
+        urls = tuple(url for url in observed.results or [] if isinstance(url, str))
+        if not urls:
+            detail = "completed without result images"
     elif new in (TaskStatus.FAILED, TaskStatus.CANCELLED):
         error = observed.error
         changes["error_code"] = (error.code_str if error else None) or new.value
         changes["error_message"] = (
             error.message if error else None
         ) or f"the provider reports {observed.status}"
-    return verdict
+    return Verdict(EventOutcome.APPLIED, detail, new, changes, urls)
 
 
 def _too_many_results(
-    source: EventKind, listed: int, limit: int, changes: dict[str, Any]
+    source: EventKind, listed: int, limit: int, changes: dict[str, Any], now: datetime
 ) -> Verdict:
     """A completion listing more results than the task may have: never written row by row.
 
@@ -160,37 +205,27 @@ def _too_many_results(
     if source == EventKind.CALLBACK:
         return Verdict(EventOutcome.ANOMALY, f"{detail}: not applied; a poll settles the task")
     message = f"the provider {detail}"
-    verdict = fail(Verdict(EventOutcome.APPLIED, message), source, RESULTS_OVER_N, message)
+    verdict = fail(Verdict(EventOutcome.APPLIED, message), source, RESULTS_OVER_N, message, now)
     if "provider_task_id" in changes:
-        verdict.changes["provider_task_id"] = changes["provider_task_id"]
+        verdict = dataclasses.replace(
+            verdict, changes={**verdict.changes, "provider_task_id": changes["provider_task_id"]}
+        )
     return verdict
 
 
-def fail(verdict: Verdict, source: EventKind, code: str, message: str) -> Verdict:
-    """Make `verdict` end the task `failed` with `code` and `message`, as decided by `source`."""
-    verdict.to_status = TaskStatus.FAILED
-    verdict.changes = {
-        "status": TaskStatus.FAILED.value,
-        "error_code": code,
-        "error_message": message,
-        "resolved_by": source.value,
-        "finished_at": datetime.now(UTC),
-    }
-    return verdict
-
-
-async def find_locked(session: AsyncSession, task_id: uuid.UUID) -> Task | None:
-    """The task's row, locked until the transaction ends; None when there is no such task."""
-    statement = select(Task).where(Task.id == task_id).with_for_update()
-    return (await session.execute(statement)).scalar_one_or_none()
-
-
-async def lock_task(session: AsyncSession, task_id: uuid.UUID) -> Task:
-    """`find_locked` for a task known to exist (tasks are never deleted)."""
-    task = await find_locked(session, task_id)
-    if task is None:
-        raise LookupError(f"task {task_id} does not exist")
-    return task
+def fail(verdict: Verdict, source: EventKind, code: str, message: str, now: datetime) -> Verdict:
+    """`verdict`, ending the task `failed` with `code` and `message`, as decided by `source`."""
+    return dataclasses.replace(
+        verdict,
+        to_status=TaskStatus.FAILED,
+        changes={
+            "status": TaskStatus.FAILED,
+            "error_code": code,
+            "error_message": message,
+            "resolved_by": ResolvedBy(source.value),
+            "finished_at": now,
+        },
+    )
 
 
 def _progress(value: Any) -> int | None:
@@ -199,69 +234,104 @@ def _progress(value: Any) -> int | None:
     return max(0, min(100, int(value)))
 
 
-async def observe(
-    session: AsyncSession,
-    task: Task,
-    observed: ProviderTask,
-    source: EventKind,
-    *,
-    body: str | None = None,
-    headers: dict[str, Any] | None = None,
-) -> TaskEvent:
-    """Apply what the provider said to `task` (whose row the caller holds locked) and record it.
+@dataclass(frozen=True)
+class Guard:
+    """The states of a task for which a verdict holds; app.tasks.writer writes it only then.
 
-    The event, the task's new state and its result rows are written in the caller's
-    transaction; the caller commits.
+    `statuses` come from running the rule over every status. The provider id must be the
+    one judged. `unchanged` (progress, usage, estimated_seconds), when set, must be as
+    judged too: a verdict that does not move the task (a duplicate, or new progress within
+    a status) depends on them. `n_values`, when set, are the stored `request.n` values
+    (as text, "" for none) for which the verdict holds: a state the message only implies
+    does not know the task's `n`.
     """
-    verdict = judge(task, observed, source)
-    return await apply_verdict(
-        session, task, verdict, source, provider_status=observed.status, body=body, headers=headers
+
+    statuses: frozenset[TaskStatus]
+    provider_task_id: str | None
+    unchanged: tuple[int, Any, float | None] | None = None
+    n_values: frozenset[str] | None = None
+
+
+def statuses_for(rule: Rule, state: TaskState, verdict: Verdict) -> frozenset[TaskStatus]:
+    """The statuses for which `rule` gives `verdict`, the rest of `state` as it is."""
+    return frozenset(
+        status
+        for status in TaskStatus
+        if rule(dataclasses.replace(state, status=status)) == verdict
     )
 
 
-async def apply_verdict(
-    session: AsyncSession,
-    task: Task,
-    verdict: Verdict,
-    source: EventKind,
-    *,
-    provider_status: str | None = None,
-    body: str | None = None,
-    headers: dict[str, Any] | None = None,
-) -> TaskEvent:
-    """Write `verdict`: the task's changes, its result rows and the event that explains them."""
-    from_status = task.status
-    if verdict.changes:
-        for name, value in verdict.changes.items():
-            setattr(task, name, value)
-        task.updated_at = datetime.now(UTC)
-    if verdict.result_urls:
-        await session.execute(
-            insert(TaskResult)
-            .values(
-                [
-                    {"task_id": task.id, "index": index, "provider_url": url}
-                    for index, url in enumerate(verdict.result_urls)
-                ]
-            )
-            .on_conflict_do_nothing(index_elements=["task_id", "index"])
+# Values of the fields a verdict within one status may depend on, that no real state has
+# both of: a verdict that is the same under both does not depend on them.
+PERTURBED = ((0, {"\u2260": 0}, -1.0), (100, {"\u2260": 1}, -2.0))
+
+
+def guard_for(rule: Rule, state: TaskState, verdict: Verdict) -> Guard:
+    """The guard under which `verdict` (the rule's own for `state`) may be written.
+
+    A verdict that moves the task holds whatever its progress, usage and estimate (the
+    writer never lowers progress; setting a value the row has changes nothing). One that
+    changes them within a status is guarded on them; so is one that changes nothing when
+    it would differ for other values of them (a duplicate of the same progress).
+    """
+    unchanged = None
+    if not verdict.moves(state) and (
+        bool(verdict.changes)
+        or any(
+            rule(dataclasses.replace(state, progress=p, usage=u, estimated_seconds=e)) != verdict
+            for p, u, e in PERTURBED
         )
-    moved = verdict.to_status is not None and verdict.to_status.value != from_status
-    if moved and verdict.to_status == TaskStatus.COMPLETED:
-        # In the same transaction as the completion: no completed task lacks its copy job.
-        await enqueue(session, STORE_RESULTS, {"task_id": str(task.id)}, lock=f"results:{task.id}")
-    if verdict.changes:
-        await notify_task_changed(session, task.id)
-    event = TaskEvent(
-        task_id=task.id,
-        kind=source.value,
-        outcome=verdict.outcome.value,
-        from_status=from_status if moved else None,
-        to_status=verdict.to_status.value if moved and verdict.to_status else None,
-        provider_status=provider_status,
-        detail=verdict.detail,
-        body=body,
-        headers=headers,
+    ):
+        unchanged = (state.progress, state.usage, state.estimated_seconds)
+    return Guard(statuses_for(rule, state, verdict), state.provider_task_id, unchanged)
+
+
+# The stored `n` values a guard can name: none, and each the provider allows.
+N_CANDIDATES = ("", *(str(n) for n in range(1, MAX_RESULTS + 1)))
+
+
+def implied_guard(rule: Rule, state: TaskState, verdict: Verdict) -> Guard:
+    """`guard_for` a state the message only implies (its request unknown): also derives the
+    stored `n` values for which the verdict holds."""
+    n_values = frozenset(
+        text
+        for text in N_CANDIDATES
+        if rule(dataclasses.replace(state, request={"n": int(text)} if text else {})) == verdict
     )
-    session.add(event)
-    return event
+    return dataclasses.replace(guard_for(rule, state, verdict), n_values=n_values)
+
+
+@functools.cache
+def terminal_guards(
+    status: str, error_code: str | None, listed: int, source: EventKind
+) -> tuple[Guard, Guard] | None:
+    """For a terminal message of this shape naming the task's provider id: the guard of its
+    applied verdict against a task in flight, and that of its duplicate; None when it is
+    not applied to a task in flight. Derived once per shape from a message of that shape
+    (its id, progress, usage and texts do not change which states the verdicts hold for).
+    """
+    pid = "p"
+    message = ProviderTask.model_validate(
+        {
+            "id": pid,
+            "status": status,
+            "error": {"code": error_code} if error_code is not None else None,
+            "results": [f"r{i}" for i in range(listed)],
+        }
+    )
+    at = datetime.min
+    rule = functools.partial(_judge_at, observed=message, source=source, now=at)
+    in_flight = TaskState(TaskStatus.PROCESSING, pid)
+    applied = rule(in_flight)
+    if applied is None or applied.to_status not in TERMINAL:
+        return None
+    repeated = TaskState(applied.to_status, pid)
+    duplicate = rule(repeated)
+    assert duplicate == Verdict(EventOutcome.DUPLICATE), duplicate
+    return implied_guard(rule, in_flight, applied), guard_for(rule, repeated, duplicate)
+
+
+def _judge_at(
+    state: TaskState, *, observed: ProviderTask, source: EventKind, now: datetime
+) -> Verdict:
+    return judge(state, observed, source, now)

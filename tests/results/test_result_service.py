@@ -326,7 +326,7 @@ async def test_a_link_that_cannot_be_fetched_fails_once_it_expired(
     assert (row.error or "").startswith(f"{EXPIRED}: ")
     assert "connection refused" in (row.error or "")
     [event] = await events_of(service, task_id)
-    assert (event.kind, event.outcome) == ("poll", "error")
+    assert (event.kind, event.outcome) == ("storage", "error")
     assert await notified(listener, task_id) == 1
 
 
@@ -342,7 +342,7 @@ async def test_a_permanent_download_failure_fails_the_row_and_is_recorded(
     assert row.status == "failed"
     assert (row.error or "").startswith("the image is larger than 100 bytes")
     [event] = await events_of(service, task_id)
-    assert (event.kind, event.outcome) == ("poll", "error")
+    assert (event.kind, event.outcome) == ("storage", "error")
     assert "result 0" in (event.detail or "")
 
 
@@ -405,7 +405,7 @@ async def test_a_provider_that_forgot_the_task_fails_the_pending_rows(
         assert row.status == "failed"
         assert "could not confirm" in (row.error or "")
     [event] = await events_of(service, task_id)
-    assert (event.kind, event.outcome) == ("poll", "error")
+    assert (event.kind, event.outcome) == ("storage", "error")
 
 
 @pytest.mark.usefixtures("clean_db")

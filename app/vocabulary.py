@@ -1,4 +1,9 @@
-"""The task lifecycle: statuses, their order, and how provider statuses map onto them."""
+"""The words the task state machine speaks: statuses, event kinds, outcomes, who resolved.
+
+Everything here is a plain enum or constant with no imports from the rest of edithook, so
+the models, the schemas, the rules and the SQL that needs a list of statuses all take their
+values from one place.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ from enum import StrEnum
 
 
 class TaskStatus(StrEnum):
+    """Where a task stands; the last three are terminal."""
+
     QUEUED = "queued"
     SUBMITTING = "submitting"
     PENDING = "pending"
@@ -16,6 +23,7 @@ class TaskStatus(StrEnum):
 
 
 TERMINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+IN_FLIGHT = frozenset(status for status in TaskStatus if status not in TERMINAL)
 
 # A status may only be replaced by one of higher rank; terminal statuses share the top rank,
 # so nothing ever replaces them.
@@ -31,6 +39,8 @@ RANK = {
 
 
 class ResultStatus(StrEnum):
+    """Where our copy of one result image stands."""
+
     PENDING = "pending"
     STORED = "stored"
     FAILED = "failed"
@@ -50,7 +60,7 @@ class EventKind(StrEnum):
 class EventOutcome(StrEnum):
     """What an event did to its task."""
 
-    APPLIED = "applied"  # it moved the task (from_status → to_status)
+    APPLIED = "applied"  # it moved the task (from_status → to_status) or changed its fields
     DUPLICATE = "duplicate"  # it repeated what the task already says
     STALE = "stale"  # it was older than what the task already says
     ANOMALY = "anomaly"  # it contradicts a terminal state, or cannot be matched; kept, not applied
@@ -58,27 +68,25 @@ class EventOutcome(StrEnum):
     ERROR = "error"  # the provider call behind it failed
 
 
-CANCELLED_ERROR_CODE = "request_cancelled"
+# Outcomes that never move a task: an event with one of these leaves the task row as it was.
+NOT_MOVING = frozenset(
+    {EventOutcome.DUPLICATE, EventOutcome.STALE, EventOutcome.ANOMALY, EventOutcome.REJECTED}
+)
 
 
-def status_from_provider(status: str, error_code: str | None) -> TaskStatus | None:
-    """Our status for a provider status, or None for one we do not know.
+class ResolvedBy(StrEnum):
+    """What told us a task's terminal state."""
 
-    The provider reports a cancellation either as `cancelled` or as `failed` with the error
-    code `request_cancelled`; both become `cancelled`.
-    """
-    match status:
-        case "pending":
-            return TaskStatus.PENDING
-        case "processing":
-            return TaskStatus.PROCESSING
-        case "completed":
-            return TaskStatus.COMPLETED
-        case "failed" if error_code == CANCELLED_ERROR_CODE:
-            return TaskStatus.CANCELLED
-        case "failed":
-            return TaskStatus.FAILED
-        case "cancelled":
-            return TaskStatus.CANCELLED
-        case _:
-            return None
+    CALLBACK = "callback"
+    POLL = "poll"
+    SUBMISSION = "submission"  # the create's own answer
+    SYSTEM = "system"  # edithook's own decision (a time limit, a vanished provider task)
+
+
+# The provider's largest `n`: no task may ask for, or have, more results than that.
+MAX_RESULTS = 6
+
+
+def sql_list(values: frozenset[StrEnum] | type[StrEnum]) -> str:
+    """`values` as an SQL list of string literals, sorted: `'a', 'b'` (enum values only)."""
+    return ", ".join(sorted(f"'{value.value}'" for value in values))
