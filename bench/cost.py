@@ -1,0 +1,295 @@
+"""What a task costs in CPU: the API and the worker over a task's whole life, and one GET.
+
+A task's life here is the production one: `POST /v1/tasks`, the worker's submit job sending
+it to the simulator, the simulator's callback to the API, the worker's copy job downloading
+and storing the one result image, the task settled. `--cost-tasks` tasks are created at a
+steady `--cost-rate` a second (one at a time, so no batching flatters the figure), and the
+phase ends when every one is settled with its image stored and no job of theirs is left.
+
+The figures come from the processes' own counters (user + system CPU of the `serve` and
+`worker` pids, as the kernel keeps them), read before and after. What the processes spend
+doing nothing — procrastinate's periodic jobs and heartbeat, the LISTEN connections — is
+measured right after over the same wall time and subtracted, and the rest divided by the
+tasks. One `GET /v1/tasks/{id}` is the API's CPU over sequential GETs of those tasks, less
+its idle rate, divided by the GETs. Every figure carries the machine's load average and the
+cores it had busy, since the machine is shared.
+
+Then the same number of tasks again with py-spy sampling the worker and the API: where their
+time goes, by function (self and cumulative) and by package. That pass is not counted in
+the figures (py-spy's sampling takes CPU of its own on the shared cores).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+import psycopg
+
+from bench.api_phases import EDIT
+from bench.procs import machine_busy_seconds
+from bench.report import CostFigure, CostRun, Measurements
+from bench.stack import POSTER, Stack, bearer
+
+ROLES = ("api", "worker")
+PROFILE_RATE_HZ = 250
+TOP = 15
+# A task is settled when its status is final, no result of it is still to be copied, and no
+# job of it is queued or running (the copy job's own finish comes after the results' commit).
+SETTLED = """
+SELECT
+  count(*) FILTER (WHERE t.status IN ('completed', 'failed', 'cancelled')
+    AND NOT EXISTS (SELECT 1 FROM task_results r WHERE r.task_id = t.id AND r.status = 'pending')
+    AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs j WHERE j.args->>'task_id' = t.id::text
+                    AND j.status IN ('todo', 'doing'))),
+  count(*) FILTER (WHERE t.status = 'completed'
+    AND EXISTS (SELECT 1 FROM task_results r WHERE r.task_id = t.id)
+    AND NOT EXISTS (SELECT 1 FROM task_results r WHERE r.task_id = t.id AND r.status <> 'stored'))
+FROM tasks t WHERE t.id = ANY(%(ids)s::uuid[])
+"""
+
+
+@dataclass
+class Window:
+    """CPU seconds each watched process used over `seconds` of wall time, and the machine's."""
+
+    seconds: float
+    cpu: dict[str, float]
+    machine: float
+    load: tuple[float, float]  # 1-minute load average at the start and at the end
+
+    def figure(self, role: str, idle: Window | None, count: int) -> CostFigure:
+        """CPU milliseconds per unit of work: this window's less `idle`'s rate, over `count`."""
+        idle_cpu = idle.cpu[role] / idle.seconds * self.seconds if idle and idle.seconds else 0.0
+        return CostFigure(
+            ms=(self.cpu[role] - idle_cpu) / count * 1000,
+            load=self.load,
+            machine_cores=self.machine / self.seconds if self.seconds else 0.0,
+        )
+
+
+@dataclass
+class Meter:
+    """Reads the CPU counters of the watched processes (user + system, all threads)."""
+
+    pids: dict[str, int]
+    _processes: dict[str, psutil.Process] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._processes = {role: psutil.Process(pid) for role, pid in self.pids.items()}
+
+    def _read(self) -> tuple[float, dict[str, float], float, float]:
+        cpu = {}
+        for role, process in self._processes.items():
+            times = process.cpu_times()
+            cpu[role] = times.user + times.system
+        return time.monotonic(), cpu, machine_busy_seconds(), os.getloadavg()[0]
+
+    def measure_start(self) -> tuple[float, dict[str, float], float, float]:
+        return self._read()
+
+    def measure_end(self, start: tuple[float, dict[str, float], float, float]) -> Window:
+        began, cpu0, machine0, load0 = start
+        ended, cpu1, machine1, load1 = self._read()
+        return Window(
+            seconds=ended - began,
+            cpu={role: cpu1[role] - cpu0[role] for role in cpu0},
+            machine=machine1 - machine0,
+            load=(load0, load1),
+        )
+
+
+def _create_tasks(stack: Stack, count: int, rate: float, tag: str) -> list[str]:
+    """POST `count` tasks, one every 1/`rate` seconds, as the poster client; their ids."""
+    ids: list[str] = []
+    began = time.monotonic()
+    with httpx.Client(base_url=stack.api_url, headers=bearer(POSTER), timeout=30) as api:
+        for index in range(count):
+            delay = began + index / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            body = {**EDIT, "prompt": f"{EDIT['prompt']} (cost {tag} {index})"}
+            created = api.post("/v1/tasks", json=body)
+            created.raise_for_status()
+            ids.append(created.json()["id"])
+    return ids
+
+
+def _wait_settled(url: str, ids: list[str], timeout: float) -> int:
+    """Return once every task of `ids` is settled; how many settled with their image stored.
+
+    Polls the database, not the API, so that the waiting costs the measured processes nothing.
+    """
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(url, autocommit=True) as conn:
+        while True:
+            row = conn.execute(SETTLED, {"ids": ids}).fetchone()
+            settled, stored = (int(row[0]), int(row[1])) if row else (0, 0)
+            if settled == len(ids):
+                return stored
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{settled} of {len(ids)} tasks settled within {timeout:g} s")
+            time.sleep(0.05)
+
+
+def _run_tasks(stack: Stack, count: int, rate: float, tag: str) -> tuple[list[str], int]:
+    ids = _create_tasks(stack, count, rate, tag)
+    stored = _wait_settled(stack.database_url, ids, timeout=60 + count / rate)
+    return ids, stored
+
+
+def _get_all(stack: Stack, ids: list[str], count: int) -> None:
+    """`count` sequential `GET /v1/tasks/{id}`, cycling over `ids`."""
+    with httpx.Client(base_url=stack.api_url, headers=bearer(POSTER), timeout=30) as api:
+        for index in range(count):
+            api.get(f"/v1/tasks/{ids[index % len(ids)]}").raise_for_status()
+
+
+def run_cost(stack: Stack, m: Measurements, tasks: int, rate: float, gets: int) -> None:
+    """Measure the per-task and per-GET figures, then profile; the worker must be running."""
+    assert stack.api is not None, "the API is not running"
+    assert stack.worker is not None, "the worker is not running"
+    meter = Meter({"api": stack.api.pid, "worker": stack.worker.pid})
+    # A few tasks first, so that nothing paid once per process (imports, first plans,
+    # connections) is counted.
+    _run_tasks(stack, min(10, tasks), rate, "warm-up")
+
+    start = meter.measure_start()
+    ids, stored = _run_tasks(stack, tasks, rate, "measured")
+    busy = meter.measure_end(start)
+    start = meter.measure_start()
+    time.sleep(busy.seconds)
+    idle = meter.measure_end(start)
+    start = meter.measure_start()
+    _get_all(stack, ids, gets)
+    reads = meter.measure_end(start)
+
+    run = CostRun(tasks=tasks, stored=stored, rate=rate, gets=gets)
+    run.per_task = {role: busy.figure(role, idle, tasks) for role in ROLES}
+    run.per_get = reads.figure("api", idle, gets)
+    m.cost = run
+    idle_rates = ", ".join(f"{role} {idle.cpu[role] / idle.seconds * 1000:.1f}" for role in ROLES)
+    m.notes.append(
+        f"cost: {tasks} tasks created at {rate:g}/s, all settled after {busy.seconds:.1f} s"
+        f" ({stored} completed with their image stored); CPU used meanwhile: "
+        + ", ".join(f"{role} {busy.cpu[role]:.2f} s" for role in ROLES)
+        + f"; idle baseline over the next {idle.seconds:.1f} s: {idle_rates} ms of CPU a second;"
+        f" {gets} GETs in {reads.seconds:.1f} s used {reads.cpu['api']:.2f} s of API CPU;"
+        f" the machine had {busy.machine / busy.seconds:.2f} cores busy during the tasks,"
+        f" {idle.machine / idle.seconds:.2f} while idle"
+    )
+    m.diagnostics += profile_section(stack, tasks, rate)
+
+
+def profile_section(stack: Stack, tasks: int, rate: float) -> list[str]:
+    """py-spy on the worker and the API while `tasks` more tasks live; the markdown."""
+    assert stack.api is not None, "the API is not running"
+    assert stack.worker is not None, "the worker is not running"
+    lines = ["### Where the worker's time goes", ""]
+    spy = Path(sys.executable).with_name("py-spy")
+    pids = {"worker": stack.worker.pid, "api": stack.api.pid}
+    outputs = {role: stack.run_dir / f"profile-{role}.txt" for role in pids}
+    spies: dict[str, subprocess.Popen[bytes]] = {}
+    for role, pid in pids.items():
+        log = (stack.run_dir / f"py-spy-{role}.log").open("wb")
+        # Non-blocking: py-spy then tells idle threads (a loop in epoll, a pool thread on its
+        # queue) from busy ones by their state, and the process is not paused per sample.
+        command = [str(spy), "record", "--pid", str(pid), "--nonblocking", "--nolineno"]
+        command += ["--format", "raw"]
+        command += ["--rate", str(PROFILE_RATE_HZ), "--output", str(outputs[role])]
+        spies[role] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
+    time.sleep(1.0)  # py-spy attaches
+    _run_tasks(stack, tasks, rate, "profiled")
+    for process in spies.values():
+        process.send_signal(signal.SIGINT)
+    for role, process in spies.items():
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        if process.returncode != 0 or not outputs[role].exists():
+            log = (stack.run_dir / f"py-spy-{role}.log").read_text(errors="replace")
+            lines += [f"py-spy on the {role} failed ({process.returncode}): {log[-500:]}", ""]
+            continue
+        samples = parse_raw(outputs[role].read_text())
+        heading = "The worker" if role == "worker" else "The API, for comparison"
+        lines += render_profile(heading, samples, tasks)
+    return lines
+
+
+def parse_raw(text: str) -> list[tuple[list[str], int]]:
+    """py-spy's raw format: one line per distinct stack, `frame;frame;… count`."""
+    stacks: list[tuple[list[str], int]] = []
+    for line in text.splitlines():
+        frames, _, count = line.rpartition(" ")
+        if frames and count.isdigit():
+            stacks.append((frames.split(";"), int(count)))
+    return stacks
+
+
+def area(frame: str) -> str:
+    """The package (or, for our own code, the module) a frame `name (file)` belongs to."""
+    path = frame.rpartition(" (")[2].rstrip(")")
+    parts = path.split("/")
+    if parts[0] in ("app", "bench"):
+        return path.removesuffix(".py")
+    return parts[0].removesuffix(".py")
+
+
+# Frames under which everything runs (the interpreter's start, the CLI, the event loop, a
+# pool thread's loop): their cumulative share says nothing.
+PLUMBING = (
+    "<frozen runpy>",
+    "app/cli.py",
+    "asyncio/runners.py",
+    "asyncio/base_events.py",
+    "asyncio/events.py",
+    "uvicorn/server.py",
+    "uvicorn/_compat.py",
+    "threading.py",
+    "concurrent/futures/thread.py",
+)
+
+
+def _plumbing(frame: str) -> bool:
+    return frame.endswith(tuple(f"({path})" for path in PLUMBING))
+
+
+def render_profile(heading: str, stacks: list[tuple[list[str], int]], tasks: int) -> list[str]:
+    """Top functions by self and cumulative share of the samples, and self time by package."""
+    total = sum(count for _, count in stacks)
+    if not total:
+        return [f"{heading}: no samples.", ""]
+    own: Counter[str] = Counter()
+    through: Counter[str] = Counter()
+    packages: Counter[str] = Counter()
+    for frames, count in stacks:
+        own[frames[-1]] += count
+        packages[area(frames[-1])] += count
+        for frame in set(frames):
+            through[frame] += count
+    lines = [
+        f"**{heading}**: {total:,} samples at {PROFILE_RATE_HZ} Hz while {tasks} tasks lived"
+        " (threads running Python only; time in C is its caller's).",
+        "",
+        "| self | package, or our module |",
+        "|---:|---|",
+    ]
+    lines += [f"| {n / total:.1%} | `{name}` |" for name, n in packages.most_common(TOP)]
+    lines += ["", "| self | function |", "|---:|---|"]
+    lines += [f"| {n / total:.1%} | `{frame}` |" for frame, n in own.most_common(TOP)]
+    busiest = [(f, n) for f, n in through.most_common() if not _plumbing(f)]
+    lines += ["", "| cumulative | function |", "|---:|---|"]
+    lines += [f"| {n / total:.1%} | `{frame}` |" for frame, n in busiest[:TOP]]
+    ours = [(f, n) for f, n in busiest if area(f).startswith("app/")]
+    lines += ["", "| cumulative | our function |", "|---:|---|"]
+    lines += [f"| {n / total:.1%} | `{frame}` |" for frame, n in ours[:TOP]]
+    return [*lines, ""]
