@@ -21,6 +21,7 @@ the figures (py-spy's sampling takes CPU of its own on the shared cores).
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -69,10 +70,12 @@ class Window:
     def figure(self, role: str, idle: Window | None, count: int) -> CostFigure:
         """CPU milliseconds per unit of work: this window's less `idle`'s rate, over `count`."""
         idle_cpu = idle.cpu[role] / idle.seconds * self.seconds if idle and idle.seconds else 0.0
+        seconds = self.seconds or math.inf
         return CostFigure(
             ms=(self.cpu[role] - idle_cpu) / count * 1000,
             load=self.load,
-            machine_cores=self.machine / self.seconds if self.seconds else 0.0,
+            machine_cores=self.machine / seconds,
+            other_cores=(self.machine - sum(self.cpu.values())) / seconds,
         )
 
 
@@ -157,7 +160,15 @@ def run_cost(stack: Stack, m: Measurements, tasks: int, rate: float, gets: int) 
     """Measure the per-task and per-GET figures, then profile; the worker must be running."""
     assert stack.api is not None, "the API is not running"
     assert stack.worker is not None, "the worker is not running"
-    meter = Meter({"api": stack.api.pid, "worker": stack.worker.pid})
+    assert stack.simulator is not None, "the simulator is not running"
+    meter = Meter(
+        {
+            "api": stack.api.pid,
+            "worker": stack.worker.pid,
+            "simulator": stack.simulator.pid,
+            "harness": os.getpid(),
+        }
+    )
     # A few tasks first, so that nothing paid once per process (imports, first plans,
     # connections) is counted.
     _run_tasks(stack, min(10, tasks), rate, "warm-up")
@@ -184,12 +195,14 @@ def run_cost(stack: Stack, m: Measurements, tasks: int, rate: float, gets: int) 
         + f"; idle baseline over the next {idle.seconds:.1f} s: {idle_rates} ms of CPU a second;"
         f" {gets} GETs in {reads.seconds:.1f} s used {reads.cpu['api']:.2f} s of API CPU;"
         f" the machine had {busy.machine / busy.seconds:.2f} cores busy during the tasks,"
-        f" {idle.machine / idle.seconds:.2f} while idle"
+        f' {idle.machine / idle.seconds:.2f} while idle ("other" in the table: busy with'
+        " anything but the API, the worker, the simulator and this harness, Postgres included)"
     )
-    m.diagnostics += profile_section(stack, tasks, rate)
+    figures = {role: figure.ms for role, figure in run.per_task.items()}
+    m.diagnostics += profile_section(stack, tasks, rate, figures)
 
 
-def profile_section(stack: Stack, tasks: int, rate: float) -> list[str]:
+def profile_section(stack: Stack, tasks: int, rate: float, per_task: dict[str, float]) -> list[str]:
     """py-spy on the worker and the API while `tasks` more tasks live; the markdown."""
     assert stack.api is not None, "the API is not running"
     assert stack.worker is not None, "the worker is not running"
@@ -220,8 +233,7 @@ def profile_section(stack: Stack, tasks: int, rate: float) -> list[str]:
             lines += [f"py-spy on the {role} failed ({process.returncode}): {log[-500:]}", ""]
             continue
         samples = parse_raw(outputs[role].read_text())
-        heading = "The worker" if role == "worker" else "The API, for comparison"
-        lines += render_profile(heading, samples, tasks)
+        lines += render_profile(role, samples, tasks, per_task[role])
     return lines
 
 
@@ -244,6 +256,42 @@ def area(frame: str) -> str:
     return parts[0].removesuffix(".py")
 
 
+# What a sample was doing: the first rule with a frame containing its text (with a leading
+# ^, the innermost frame being it); samples no rule takes count under the package of their
+# innermost frame. The order matters (the decode
+# runs under the copy job, every job under procrastinate's run_job).
+ACTIVITIES: dict[str, tuple[tuple[str, str], ...]] = {
+    "worker": (
+        ("copy job: decoding the image to check it (Pillow, in a thread)", "_decode (app/results"),
+        ("copy job: the rest (confirm, download, store, record)", "(app/results/"),
+        ("submit job", "(app/tasks/submission.py)"),
+        ("other jobs (reconcile, sweep, …)", "run_job (procrastinate/worker.py)"),
+        ("procrastinate: fetching the next job", "_fetch_and_process_jobs (procrastinate"),
+        ("procrastinate: recording a job's end", "_persist_job_status (procrastinate"),
+        ("procrastinate: the rest (logging, listening, periodic, heartbeat)", "(procrastinate/"),
+        ("SQLAlchemy in greenlets (ORM work py-spy cannot tie to its job)", "(sqlalchemy/"),
+    ),
+    "api": (
+        ("POST /v1/tasks", "create_task (app/tasks/routes.py)"),
+        ("callbacks", "(app/callbacks/"),
+        ("waiting requests' notifications", "(app/waiting.py)"),
+        ("HTTP, middleware and routing around the handlers", "run_asgi (uvicorn/"),
+        ("SQLAlchemy in greenlets (ORM work py-spy cannot tie to its request)", "(sqlalchemy/"),
+        # uvloop runs the loop in C: sockets, HTTP parsing (httptools), timers.
+        ("the event loop itself (uvloop, in C)", "^Runner.run (asyncio/runners.py)"),
+    ),
+}
+
+
+def activity(role: str, frames: list[str]) -> str:
+    for label, needle in ACTIVITIES.get(role, ()):
+        if needle.startswith("^") and frames[-1] == needle[1:]:
+            return label
+        if any(needle in frame for frame in frames):
+            return label
+    return f"elsewhere: `{area(frames[-1])}`"
+
+
 # Frames under which everything runs (the interpreter's start, the CLI, the event loop, a
 # pool thread's loop): their cumulative share says nothing.
 PLUMBING = (
@@ -263,15 +311,21 @@ def _plumbing(frame: str) -> bool:
     return frame.endswith(tuple(f"({path})" for path in PLUMBING))
 
 
-def render_profile(heading: str, stacks: list[tuple[list[str], int]], tasks: int) -> list[str]:
-    """Top functions by self and cumulative share of the samples, and self time by package."""
+def render_profile(
+    role: str, stacks: list[tuple[list[str], int]], tasks: int, per_task_ms: float
+) -> list[str]:
+    """What the samples were doing, and the top functions by self and cumulative share and
+    packages by self share; with the milliseconds per task each activity's share comes to."""
+    heading = "The worker" if role == "worker" else "The API, for comparison"
     total = sum(count for _, count in stacks)
     if not total:
         return [f"{heading}: no samples.", ""]
     own: Counter[str] = Counter()
     through: Counter[str] = Counter()
     packages: Counter[str] = Counter()
+    doing: Counter[str] = Counter()
     for frames, count in stacks:
+        doing[activity(role, frames)] += count
         own[frames[-1]] += count
         packages[area(frames[-1])] += count
         for frame in set(frames):
@@ -279,6 +333,15 @@ def render_profile(heading: str, stacks: list[tuple[list[str], int]], tasks: int
     lines = [
         f"**{heading}**: {total:,} samples at {PROFILE_RATE_HZ} Hz while {tasks} tasks lived"
         " (threads running Python only; time in C is its caller's).",
+        "",
+        "| share | ≈ ms per task | doing |",
+        "|---:|---:|---|",
+    ]
+    lines += [
+        f"| {n / total:.1%} | {n / total * per_task_ms:.2f} | {label} |"
+        for label, n in doing.most_common()
+    ]
+    lines += [
         "",
         "| self | package, or our module |",
         "|---:|---|",

@@ -61,11 +61,14 @@ class CostFigure:
     ms: float
     load: tuple[float, float]  # 1-minute load average at the start and the end
     machine_cores: float  # cores of the machine busy on anything, on average
+    # … of them busy with anything but the API, the worker, the simulator and the harness
+    # (Postgres, other users of the machine)
+    other_cores: float
 
     def describe(self) -> str:
         return (
             f"{self.ms:.2f} ms (load {self.load[0]:.2f}→{self.load[1]:.2f},"
-            f" {self.machine_cores:.2f} cores busy)"
+            f" {self.machine_cores:.2f} cores busy, {self.other_cores:.2f} other)"
         )
 
 
