@@ -36,7 +36,7 @@ import psutil
 import psycopg
 
 from bench.api_phases import EDIT
-from bench.procs import machine_busy_seconds
+from bench.procs import machine_busy_seconds, postgres_cpu_seconds
 from bench.report import CostFigure, CostRun, Measurements
 from bench.stack import POSTER, Stack, bearer
 
@@ -75,6 +75,7 @@ class Window:
             ms=(self.cpu[role] - idle_cpu) / count * 1000,
             load=self.load,
             machine_cores=self.machine / seconds,
+            postgres_cores=self.cpu["postgres"] / seconds,
             other_cores=(self.machine - sum(self.cpu.values())) / seconds,
         )
 
@@ -94,6 +95,8 @@ class Meter:
         for role, process in self._processes.items():
             times = process.cpu_times()
             cpu[role] = times.user + times.system
+        # Every backend on the machine, the other users' too: a figure of how busy it was.
+        cpu["postgres"] = postgres_cpu_seconds()
         return time.monotonic(), cpu, machine_busy_seconds(), os.getloadavg()[0]
 
     def measure_start(self) -> tuple[float, dict[str, float], float, float]:
@@ -195,8 +198,9 @@ def run_cost(stack: Stack, m: Measurements, tasks: int, rate: float, gets: int) 
         + f"; idle baseline over the next {idle.seconds:.1f} s: {idle_rates} ms of CPU a second;"
         f" {gets} GETs in {reads.seconds:.1f} s used {reads.cpu['api']:.2f} s of API CPU;"
         f" the machine had {busy.machine / busy.seconds:.2f} cores busy during the tasks,"
-        f' {idle.machine / idle.seconds:.2f} while idle ("other" in the table: busy with'
-        " anything but the API, the worker, the simulator and this harness, Postgres included)"
+        f" {idle.machine / idle.seconds:.2f} while idle (in the table, Postgres is every backend"
+        " on the machine, other is anything but Postgres, the API, the worker, the simulator"
+        " and this harness: the machine's other users)"
     )
     figures = {role: figure.ms for role, figure in run.per_task.items()}
     m.diagnostics += profile_section(stack, tasks, rate, figures)
@@ -270,6 +274,7 @@ ACTIVITIES: dict[str, tuple[tuple[str, str], ...]] = {
         ("procrastinate: recording a job's end", "_persist_job_status (procrastinate"),
         ("procrastinate: the rest (logging, listening, periodic, heartbeat)", "(procrastinate/"),
         ("SQLAlchemy in greenlets (ORM work py-spy cannot tie to its job)", "(sqlalchemy/"),
+        ("the event loop: epoll, waking up", "^EpollSelector.select (selectors.py)"),
     ),
     "api": (
         ("POST /v1/tasks", "create_task (app/tasks/routes.py)"),

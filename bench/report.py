@@ -61,14 +61,15 @@ class CostFigure:
     ms: float
     load: tuple[float, float]  # 1-minute load average at the start and the end
     machine_cores: float  # cores of the machine busy on anything, on average
-    # … of them busy with anything but the API, the worker, the simulator and the harness
-    # (Postgres, other users of the machine)
+    postgres_cores: float  # … of them Postgres (every backend on the machine)
+    # … of them anything but Postgres, the API, the worker, the simulator and the harness
     other_cores: float
 
     def describe(self) -> str:
         return (
-            f"{self.ms:.2f} ms (load {self.load[0]:.2f}→{self.load[1]:.2f},"
-            f" {self.machine_cores:.2f} cores busy, {self.other_cores:.2f} other)"
+            f"{self.ms:.2f} ms (load {self.load[0]:.2f}→{self.load[1]:.2f};"
+            f" {self.machine_cores:.2f} cores busy: Postgres {self.postgres_cores:.2f},"
+            f" other {self.other_cores:.2f})"
         )
 
 
