@@ -336,15 +336,19 @@ def render_profile(
         for frame in set(frames):
             through[frame] += count
     lines = [
-        f"**{heading}**: {total:,} samples at {PROFILE_RATE_HZ} Hz while {tasks} tasks lived"
-        " (threads running Python only; time in C is its caller's).",
+        f"**{heading}**: {total:,} samples at {PROFILE_RATE_HZ} Hz while {tasks} tasks lived."
+        " A thread is sampled while the kernel has it runnable (running, or waiting for a"
+        " core on a busy machine); time in C counts for its Python caller. *≈ ms per task*"
+        " is the share of the measured CPU per task.",
         "",
         "| share | ≈ ms per task | doing |",
         "|---:|---:|---|",
     ]
+    shown = [(label, n) for label, n in doing.most_common() if n >= total / 100]
+    rest = total - sum(n for _, n in shown)
     lines += [
         f"| {n / total:.1%} | {n / total * per_task_ms:.2f} | {label} |"
-        for label, n in doing.most_common()
+        for label, n in [*shown, ("everything else (under 1 % each)", rest)]
     ]
     lines += [
         "",
