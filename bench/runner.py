@@ -118,7 +118,9 @@ def parse_args(argv: list[str] | None) -> Options:
         args.waiters = 50
         args.cost_tasks, args.cost_rate, args.cost_gets = 10, 50.0, 100
     big = None if args.skip_big or args.big_tasks <= args.tasks else args.big_tasks
-    default_out = RESULTS_DIR / ("smoke.md" if args.smoke else "latest.md")
+    default_out = RESULTS_DIR / (
+        "smoke.md" if args.smoke else "cost.md" if args.cost_only else "latest.md"
+    )
     return Options(
         tasks=args.tasks,
         big_tasks=big,
@@ -247,7 +249,12 @@ def run(options: Options, stack: Stack, m: Measurements) -> None:
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
     m = Measurements(tasks=options.tasks, big_tasks=options.big_tasks)
-    name = DATABASE_NAME + (f"_smoke_{secrets.token_hex(3)}" if options.smoke else "")
+    # A name of its own: the run drops any database of its name first, so two runs on the
+    # shared server must never share one.
+    kind = "_smoke" if options.smoke else "_cost" if options.cost_only else ""
+    name = f"{DATABASE_NAME}{kind}_{secrets.token_hex(3)}"
+    if options.keep:
+        print(f"the database is {name}; it is kept", flush=True)
     if options.logs:
         options.logs.mkdir(parents=True, exist_ok=True)
     run_dir = options.logs or Path(tempfile.mkdtemp(prefix="edithook-bench-"))
