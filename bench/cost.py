@@ -21,6 +21,7 @@ the figures (py-spy's sampling takes CPU of its own on the shared cores).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -36,7 +37,7 @@ import psutil
 import psycopg
 
 from bench.api_phases import EDIT
-from bench.procs import machine_busy_seconds, postgres_cpu_seconds
+from bench.procs import machine_busy_seconds
 from bench.report import CostFigure, CostRun, Measurements
 from bench.stack import POSTER, Stack, bearer
 
@@ -56,6 +57,29 @@ SELECT
     AND NOT EXISTS (SELECT 1 FROM task_results r WHERE r.task_id = t.id AND r.status <> 'stored'))
 FROM tasks t WHERE t.id = ANY(%(ids)s::uuid[])
 """
+
+
+# A fixed piece of pure-Python work (JSON in and out, as the service does much of), timed
+# by this process's CPU clock before and after the phase: how fast the VM was meanwhile.
+CALIBRATION_ROUNDS = 20_000
+CALIBRATION_BODY = {
+    "id": "task-unified-1756817821-4x8z2k9p",
+    "status": "completed",
+    "progress": 100,
+    "results": [f"https://files.example.com/out/{index}.png" for index in range(4)],
+    "metadata": {"order_id": "bench", "attempt": 1},
+}
+
+
+def calibrate() -> float:
+    """CPU milliseconds the calibration work takes here: the least of three tries."""
+    tries = []
+    for _ in range(3):
+        started = time.process_time()
+        for _ in range(CALIBRATION_ROUNDS):
+            json.loads(json.dumps(CALIBRATION_BODY))
+        tries.append((time.process_time() - started) * 1000)
+    return min(tries)
 
 
 @dataclass
@@ -80,6 +104,24 @@ class Window:
         )
 
 
+@dataclass(frozen=True)
+class Reading:
+    at: float
+    cpu: dict[str, float]
+    postgres: dict[int, float]  # pid → CPU seconds of every Postgres process on the machine
+    machine: float
+    load: float
+
+
+def _postgres() -> dict[int, float]:
+    found: dict[int, float] = {}
+    for process in psutil.process_iter(["name", "cpu_times"]):
+        times = process.info.get("cpu_times")
+        if process.info.get("name") == "postgres" and times is not None:
+            found[process.pid] = times.user + times.system
+    return found
+
+
 @dataclass
 class Meter:
     """Reads the CPU counters of the watched processes (user + system, all threads)."""
@@ -90,26 +132,31 @@ class Meter:
     def __post_init__(self) -> None:
         self._processes = {role: psutil.Process(pid) for role, pid in self.pids.items()}
 
-    def _read(self) -> tuple[float, dict[str, float], float, float]:
+    def _read(self) -> Reading:
         cpu = {}
         for role, process in self._processes.items():
             times = process.cpu_times()
             cpu[role] = times.user + times.system
-        # Every backend on the machine, the other users' too: a figure of how busy it was.
-        cpu["postgres"] = postgres_cpu_seconds()
-        return time.monotonic(), cpu, machine_busy_seconds(), os.getloadavg()[0]
+        return Reading(
+            time.monotonic(), cpu, _postgres(), machine_busy_seconds(), os.getloadavg()[0]
+        )
 
-    def measure_start(self) -> tuple[float, dict[str, float], float, float]:
+    def measure_start(self) -> Reading:
         return self._read()
 
-    def measure_end(self, start: tuple[float, dict[str, float], float, float]) -> Window:
-        began, cpu0, machine0, load0 = start
-        ended, cpu1, machine1, load1 = self._read()
+    def measure_end(self, start: Reading) -> Window:
+        end = self._read()
+        cpu = {role: end.cpu[role] - start.cpu[role] for role in start.cpu}
+        # Backends come and go (other users' tests): count each one alive at the end from
+        # where it was at the start, or from nothing; one that exited meanwhile is lost.
+        cpu["postgres"] = sum(
+            used - start.postgres.get(pid, 0.0) for pid, used in end.postgres.items()
+        )
         return Window(
-            seconds=ended - began,
-            cpu={role: cpu1[role] - cpu0[role] for role in cpu0},
-            machine=machine1 - machine0,
-            load=(load0, load1),
+            seconds=end.at - start.at,
+            cpu=cpu,
+            machine=end.machine - start.machine,
+            load=(start.load, end.load),
         )
 
 
@@ -175,6 +222,7 @@ def run_cost(stack: Stack, m: Measurements, tasks: int, rate: float, gets: int) 
     # A few tasks first, so that nothing paid once per process (imports, first plans,
     # connections) is counted.
     _run_tasks(stack, min(10, tasks), rate, "warm-up")
+    calibration = [calibrate()]
 
     start = meter.measure_start()
     ids, stored = _run_tasks(stack, tasks, rate, "measured")
@@ -185,12 +233,23 @@ def run_cost(stack: Stack, m: Measurements, tasks: int, rate: float, gets: int) 
     start = meter.measure_start()
     _get_all(stack, ids, gets)
     reads = meter.measure_end(start)
+    calibration.append(calibrate())
 
     run = CostRun(tasks=tasks, stored=stored, rate=rate, gets=gets)
+    run.calibration_ms = sum(calibration) / len(calibration)
     run.per_task = {role: busy.figure(role, idle, tasks) for role in ROLES}
     run.per_get = reads.figure("api", idle, gets)
     m.cost = run
     idle_rates = ", ".join(f"{role} {idle.cpu[role] / idle.seconds * 1000:.1f}" for role in ROLES)
+    m.notes.append(
+        f"cost: the calibration work ({CALIBRATION_ROUNDS:,} JSON round trips in the harness)"
+        f" took {calibration[0]:.0f} ms of CPU before the phase and {calibration[1]:.0f} ms after;"
+        " per task in its units: "
+        + ", ".join(
+            f"{role} {run.per_task[role].ms / run.calibration_ms * 1000:.1f}" for role in ROLES
+        )
+        + f", per GET {run.per_get.ms / run.calibration_ms * 1000:.1f} (thousandths)"
+    )
     m.notes.append(
         f"cost: {tasks} tasks created at {rate:g}/s, all settled after {busy.seconds:.1f} s"
         f" ({stored} completed with their image stored); CPU used meanwhile: "
