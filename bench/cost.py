@@ -12,10 +12,11 @@ doing nothing — procrastinate's periodic jobs and heartbeat, the LISTEN connec
 measured right after over the same wall time and subtracted, and the rest divided by the
 tasks. One `GET /v1/tasks/{id}` is the API's CPU over sequential GETs of those tasks, less
 its idle rate, divided by the GETs. Every figure carries the machine's load average and the
-cores it had busy, since the machine is shared.
+cores it had busy, since the machine is shared; a fixed piece of pure-Python work timed in
+the harness before and after (the calibration) says how fast the VM was meanwhile.
 
 Then the same number of tasks again with py-spy sampling the worker and the API: where their
-time goes, by function (self and cumulative) and by package. That pass is not counted in
+time goes, by activity, function and package (`bench.profile`). That pass is not counted in
 the figures (py-spy's sampling takes CPU of its own on the shared cores).
 """
 
@@ -28,22 +29,20 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import psutil
+import psutil  # type: ignore[import-untyped]
 import psycopg
 
 from bench.api_phases import EDIT
 from bench.procs import machine_busy_seconds
+from bench.profile import PROFILE_RATE_HZ, parse_raw, render_profile
 from bench.report import CostFigure, CostRun, Measurements
 from bench.stack import POSTER, Stack, bearer
 
 ROLES = ("api", "worker")
-PROFILE_RATE_HZ = 250
-TOP = 15
 # A task is settled when its status is final, no result of it is still to be copied, and no
 # job of it is queued or running (the copy job's own finish comes after the results' commit).
 SETTLED = """
@@ -274,14 +273,15 @@ def profile_section(stack: Stack, tasks: int, rate: float, per_task: dict[str, f
     pids = {"worker": stack.worker.pid, "api": stack.api.pid}
     outputs = {role: stack.run_dir / f"profile-{role}.txt" for role in pids}
     spies: dict[str, subprocess.Popen[bytes]] = {}
+    logs = {role: stack.run_dir / f"py-spy-{role}.log" for role in pids}
     for role, pid in pids.items():
-        log = (stack.run_dir / f"py-spy-{role}.log").open("wb")
-        # Non-blocking: py-spy then tells idle threads (a loop in epoll, a pool thread on its
-        # queue) from busy ones by their state, and the process is not paused per sample.
+        # Non-blocking: the process is not paused per sample, and py-spy tells idle threads
+        # (a loop in epoll, a pool thread on its queue) by their state; paused, it cannot.
         command = [str(spy), "record", "--pid", str(pid), "--nonblocking", "--nolineno"]
         command += ["--format", "raw"]
         command += ["--rate", str(PROFILE_RATE_HZ), "--output", str(outputs[role])]
-        spies[role] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
+        with logs[role].open("wb") as log:
+            spies[role] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
     time.sleep(1.0)  # py-spy attaches
     _run_tasks(stack, tasks, rate, "profiled")
     for process in spies.values():
@@ -291,136 +291,11 @@ def profile_section(stack: Stack, tasks: int, rate: float, per_task: dict[str, f
             process.wait(30)
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait(10)
         if process.returncode != 0 or not outputs[role].exists():
-            log = (stack.run_dir / f"py-spy-{role}.log").read_text(errors="replace")
-            lines += [f"py-spy on the {role} failed ({process.returncode}): {log[-500:]}", ""]
+            said = logs[role].read_text(errors="replace")[-500:]
+            lines += [f"py-spy on the {role} failed ({process.returncode}): {said}", ""]
             continue
         samples = parse_raw(outputs[role].read_text())
         lines += render_profile(role, samples, tasks, per_task[role])
     return lines
-
-
-def parse_raw(text: str) -> list[tuple[list[str], int]]:
-    """py-spy's raw format: one line per distinct stack, `frame;frame;… count`."""
-    stacks: list[tuple[list[str], int]] = []
-    for line in text.splitlines():
-        frames, _, count = line.rpartition(" ")
-        if frames and count.isdigit():
-            stacks.append((frames.split(";"), int(count)))
-    return stacks
-
-
-def area(frame: str) -> str:
-    """The package (or, for our own code, the module) a frame `name (file)` belongs to."""
-    path = frame.rpartition(" (")[2].rstrip(")")
-    parts = path.split("/")
-    if parts[0] in ("app", "bench"):
-        return path.removesuffix(".py")
-    return parts[0].removesuffix(".py")
-
-
-# What a sample was doing: the first rule with a frame containing its text (with a leading
-# ^, the innermost frame being it); samples no rule takes count under the package of their
-# innermost frame. The order matters (the decode
-# runs under the copy job, every job under procrastinate's run_job).
-ACTIVITIES: dict[str, tuple[tuple[str, str], ...]] = {
-    "worker": (
-        ("copy job: decoding the image to check it (Pillow, in a thread)", "_decode (app/results"),
-        ("copy job: the rest (confirm, download, store, record)", "(app/results/"),
-        ("submit job", "(app/tasks/submission.py)"),
-        ("other jobs (reconcile, sweep, …)", "run_job (procrastinate/worker.py)"),
-        ("procrastinate: fetching the next job", "_fetch_and_process_jobs (procrastinate"),
-        ("procrastinate: recording a job's end", "_persist_job_status (procrastinate"),
-        ("procrastinate: the rest (logging, listening, periodic, heartbeat)", "(procrastinate/"),
-        ("SQLAlchemy in greenlets (ORM work py-spy cannot tie to its job)", "(sqlalchemy/"),
-        ("the event loop: epoll, waking up", "^EpollSelector.select (selectors.py)"),
-    ),
-    "api": (
-        ("POST /v1/tasks", "create_task (app/tasks/routes.py)"),
-        ("callbacks", "(app/callbacks/"),
-        ("waiting requests' notifications", "(app/waiting.py)"),
-        ("HTTP, middleware and routing around the handlers", "run_asgi (uvicorn/"),
-        ("SQLAlchemy in greenlets (ORM work py-spy cannot tie to its request)", "(sqlalchemy/"),
-        # uvloop runs the loop in C: sockets, HTTP parsing (httptools), timers.
-        ("the event loop itself (uvloop, in C)", "^Runner.run (asyncio/runners.py)"),
-    ),
-}
-
-
-def activity(role: str, frames: list[str]) -> str:
-    for label, needle in ACTIVITIES.get(role, ()):
-        if needle.startswith("^") and frames[-1] == needle[1:]:
-            return label
-        if any(needle in frame for frame in frames):
-            return label
-    return f"elsewhere: `{area(frames[-1])}`"
-
-
-# Frames under which everything runs (the interpreter's start, the CLI, the event loop, a
-# pool thread's loop): their cumulative share says nothing.
-PLUMBING = (
-    "<frozen runpy>",
-    "app/cli.py",
-    "asyncio/runners.py",
-    "asyncio/base_events.py",
-    "asyncio/events.py",
-    "uvicorn/server.py",
-    "uvicorn/_compat.py",
-    "threading.py",
-    "concurrent/futures/thread.py",
-)
-
-
-def _plumbing(frame: str) -> bool:
-    return frame.endswith(tuple(f"({path})" for path in PLUMBING))
-
-
-def render_profile(
-    role: str, stacks: list[tuple[list[str], int]], tasks: int, per_task_ms: float
-) -> list[str]:
-    """What the samples were doing, and the top functions by self and cumulative share and
-    packages by self share; with the milliseconds per task each activity's share comes to."""
-    heading = "The worker" if role == "worker" else "The API, for comparison"
-    total = sum(count for _, count in stacks)
-    if not total:
-        return [f"{heading}: no samples.", ""]
-    own: Counter[str] = Counter()
-    through: Counter[str] = Counter()
-    packages: Counter[str] = Counter()
-    doing: Counter[str] = Counter()
-    for frames, count in stacks:
-        doing[activity(role, frames)] += count
-        own[frames[-1]] += count
-        packages[area(frames[-1])] += count
-        for frame in set(frames):
-            through[frame] += count
-    lines = [
-        f"**{heading}**: {total:,} samples at {PROFILE_RATE_HZ} Hz while {tasks} tasks lived."
-        " A thread is sampled while the kernel has it runnable (running, or waiting for a"
-        " core on a busy machine); time in C counts for its Python caller. *≈ ms per task*"
-        " is the share of the measured CPU per task.",
-        "",
-        "| share | ≈ ms per task | doing |",
-        "|---:|---:|---|",
-    ]
-    shown = [(label, n) for label, n in doing.most_common() if n >= total / 100]
-    rest = total - sum(n for _, n in shown)
-    lines += [
-        f"| {n / total:.1%} | {n / total * per_task_ms:.2f} | {label} |"
-        for label, n in [*shown, ("everything else (under 1 % each)", rest)]
-    ]
-    lines += [
-        "",
-        "| self | package, or our module |",
-        "|---:|---|",
-    ]
-    lines += [f"| {n / total:.1%} | `{name}` |" for name, n in packages.most_common(TOP)]
-    lines += ["", "| self | function |", "|---:|---|"]
-    lines += [f"| {n / total:.1%} | `{frame}` |" for frame, n in own.most_common(TOP)]
-    busiest = [(f, n) for f, n in through.most_common() if not _plumbing(f)]
-    lines += ["", "| cumulative | function |", "|---:|---|"]
-    lines += [f"| {n / total:.1%} | `{frame}` |" for frame, n in busiest[:TOP]]
-    ours = [(f, n) for f, n in busiest if area(f).startswith("app/")]
-    lines += ["", "| cumulative | our function |", "|---:|---|"]
-    lines += [f"| {n / total:.1%} | `{frame}` |" for frame, n in ours[:TOP]]
-    return [*lines, ""]

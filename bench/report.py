@@ -313,10 +313,11 @@ def _waiter_rows(run: WaiterRun | None) -> list[Row]:
 def _cost_rows(run: CostRun | None) -> list[Row]:
     rows: list[Row] = []
     per_task = run.per_task if run else {}
+    per_get = run.per_get if run else None
     for name, figure, limit in (
         ("cost per task api CPU", per_task.get("api"), TARGET_TASK_API_CPU_MS),
         ("cost per task worker CPU", per_task.get("worker"), TARGET_TASK_WORKER_CPU_MS),
-        ("cost per GET /v1/tasks/{id} api CPU", run and run.per_get, TARGET_GET_API_CPU_MS),
+        ("cost per GET /v1/tasks/{id} api CPU", per_get, TARGET_GET_API_CPU_MS),
     ):
         target = f"≤ {limit:g} ms"
         if figure is None:
