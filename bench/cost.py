@@ -89,6 +89,7 @@ class Window:
     cpu: dict[str, float]
     machine: float
     load: tuple[float, float]  # 1-minute load average at the start and at the end
+    system: dict[str, float] = field(default_factory=dict)  # of `cpu`, in the kernel
 
     def figure(self, role: str, idle: Window | None, count: int) -> CostFigure:
         """CPU milliseconds per unit of work: this window's less `idle`'s rate, over `count`."""
@@ -107,6 +108,7 @@ class Window:
 class Reading:
     at: float
     cpu: dict[str, float]
+    system: dict[str, float]
     postgres: dict[int, float]  # pid → CPU seconds of every Postgres process on the machine
     machine: float
     load: float
@@ -132,12 +134,18 @@ class Meter:
         self._processes = {role: psutil.Process(pid) for role, pid in self.pids.items()}
 
     def _read(self) -> Reading:
-        cpu = {}
+        cpu, system = {}, {}
         for role, process in self._processes.items():
             times = process.cpu_times()
             cpu[role] = times.user + times.system
+            system[role] = times.system
         return Reading(
-            time.monotonic(), cpu, _postgres(), machine_busy_seconds(), os.getloadavg()[0]
+            time.monotonic(),
+            cpu,
+            system,
+            _postgres(),
+            machine_busy_seconds(),
+            os.getloadavg()[0],
         )
 
     def measure_start(self) -> Reading:
@@ -156,6 +164,7 @@ class Meter:
             cpu=cpu,
             machine=end.machine - start.machine,
             load=(start.load, end.load),
+            system={role: end.system[role] - start.system[role] for role in start.system},
         )
 
 
@@ -252,7 +261,10 @@ def run_cost(stack: Stack, m: Measurements, tasks: int, rate: float, gets: int) 
     m.notes.append(
         f"cost: {tasks} tasks created at {rate:g}/s, all settled after {busy.seconds:.1f} s"
         f" ({stored} completed with their image stored); CPU used meanwhile: "
-        + ", ".join(f"{role} {busy.cpu[role]:.2f} s" for role in ROLES)
+        + ", ".join(
+            f"{role} {busy.cpu[role]:.2f} s ({busy.system[role]:.2f} s of it in the kernel)"
+            for role in ROLES
+        )
         + f"; idle baseline over the next {idle.seconds:.1f} s: {idle_rates} ms of CPU a second;"
         f" {gets} GETs in {reads.seconds:.1f} s used {reads.cpu['api']:.2f} s of API CPU;"
         f" the machine had {busy.machine / busy.seconds:.2f} cores busy during the tasks,"
