@@ -21,6 +21,11 @@ TARGET_COMPLETION_P50_MS = 1000.0
 TARGET_RSS_MB = 150.0
 TARGET_WAITERS_LAST_MS = 1000.0
 TARGET_WAITERS_P99_OVER_IDLE = 2.0
+# CPU per task over its whole life and per GET, the figures later features are held to
+# (bench/README.md, "What a task costs").
+TARGET_TASK_API_CPU_MS = 7.6
+TARGET_TASK_WORKER_CPU_MS = 22.0
+TARGET_GET_API_CPU_MS = 2.3
 
 # The comparison servers of the ingest benchmark, in the order they run.
 INGEST_SERVERS = ("floor", "bound", "edithook")
@@ -49,6 +54,40 @@ class WaiterRun:
     errors: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class CostFigure:
+    """CPU milliseconds per unit of work, with what the machine was doing meanwhile."""
+
+    ms: float
+    load: tuple[float, float]  # 1-minute load average at the start and the end
+    machine_cores: float  # cores of the machine busy on anything, on average
+    postgres_cores: float  # … of them Postgres (every backend on the machine)
+    # … of them anything but Postgres, the API, the worker, the simulator and the harness
+    other_cores: float
+
+    def describe(self) -> str:
+        return (
+            f"{self.ms:.2f} ms (load {self.load[0]:.2f}→{self.load[1]:.2f};"
+            f" {self.machine_cores:.2f} cores busy: Postgres {self.postgres_cores:.2f},"
+            f" other {self.other_cores:.2f})"
+        )
+
+
+@dataclass
+class CostRun:
+    """The cost phase (`bench.cost`): CPU per task over its life and per GET."""
+
+    tasks: int = 0
+    stored: int = 0
+    rate: float = 0.0
+    gets: int = 0
+    per_task: dict[str, CostFigure] = field(default_factory=dict)
+    per_get: CostFigure | None = None
+    # CPU ms of a fixed piece of pure-Python work in the harness, around the phase: the VM's
+    # speed then (it drifts); the figures over it compare across runs better than alone.
+    calibration_ms: float = math.nan
+
+
 @dataclass
 class Measurements:
     """Everything a run measured; a phase that did not run leaves its part empty."""
@@ -69,6 +108,7 @@ class Measurements:
     served_ms: list[float] = field(default_factory=list)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     waiters: WaiterRun | None = None
+    cost: CostRun | None = None
     notes: list[str] = field(default_factory=list)
     diagnostics: list[str] = field(default_factory=list)
 
@@ -227,6 +267,7 @@ def build_rows(m: Measurements) -> list[Row]:
         Row("completion → image served p50", ms(quantile(m.served_ms, 0.5))),
     ]
     rows += _waiter_rows(m.waiters)
+    rows += _cost_rows(m.cost)
     for role in ("api", "worker"):
         peak = m.peak_rss_mb.get(role, math.nan)
         rows.append(
@@ -267,6 +308,23 @@ def _waiter_rows(run: WaiterRun | None) -> list[Row]:
             _at_most(ratio, TARGET_WAITERS_P99_OVER_IDLE),
         ),
     ]
+
+
+def _cost_rows(run: CostRun | None) -> list[Row]:
+    rows: list[Row] = []
+    per_task = run.per_task if run else {}
+    per_get = run.per_get if run else None
+    for name, figure, limit in (
+        ("cost per task api CPU", per_task.get("api"), TARGET_TASK_API_CPU_MS),
+        ("cost per task worker CPU", per_task.get("worker"), TARGET_TASK_WORKER_CPU_MS),
+        ("cost per GET /v1/tasks/{id} api CPU", per_get, TARGET_GET_API_CPU_MS),
+    ):
+        target = f"≤ {limit:g} ms"
+        if figure is None:
+            rows.append(Row(name, "not run", target))
+        else:
+            rows.append(Row(name, figure.describe(), target, _at_most(figure.ms, limit)))
+    return rows
 
 
 def render_text(rows: list[Row]) -> str:

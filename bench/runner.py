@@ -9,17 +9,22 @@ The order of a run:
    statement-by-statement cost, and the leftovers of ingest settled;
 4. listing (first and deep page) and single tasks at `--tasks`; POST /v1/tasks; 1,000
    requests waiting on one task (`--waiters`), and unrelated GETs meanwhile;
-5. `edithook worker` started: task flows for completion → stored and the submit job;
-   the worker stopped;
+5. `edithook worker` started: task flows for completion → stored and the submit job; what
+   a task costs the API and the worker in CPU over its life, and a GET (`bench.cost`), with
+   py-spy's profile of both; the worker stopped;
 6. the table grown to `--big-tasks` and listing measured again (unless `--skip-big`);
 7. EXPLAIN ANALYZE of the listing queries at the final size; everything stopped, the
    database dropped (unless `--keep`), the table printed and written as markdown.
+
+`--cost-only` runs step 5's cost phase alone, on an empty database: a few minutes' run to
+repeat when the shared machine is quiet.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import random
 import secrets
 import shutil
@@ -32,6 +37,7 @@ from pathlib import Path
 
 from bench import database, diagnose, explain
 from bench.api_phases import Timing, run_flows, run_listing, run_post
+from bench.cost import run_cost
 from bench.ingest import IngestPlan, run_ingest
 from bench.machine import describe_machine
 from bench.report import Measurements, build_rows, render_markdown, render_text, short_count
@@ -58,6 +64,10 @@ class Options:
     flows: int
     waiters: int
     waiter_window: float
+    cost_tasks: int
+    cost_rate: float
+    cost_gets: int
+    cost_only: bool
     smoke: bool
     keep: bool
     out: Path
@@ -91,6 +101,10 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument(
         "--waiters", type=int, default=WAITERS, help="requests held waiting on one task"
     )
+    parser.add_argument("--cost-tasks", type=int, default=300, help="tasks whose CPU is measured")
+    parser.add_argument("--cost-rate", type=float, default=20.0, help="their creations a second")
+    parser.add_argument("--cost-gets", type=int, default=2000, help="GETs whose CPU is measured")
+    parser.add_argument("--cost-only", action="store_true", help="only the CPU cost phase")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds in all")
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     parser.add_argument("--out", type=Path, help="markdown file (bench/results/latest.md)")
@@ -102,8 +116,11 @@ def parse_args(argv: list[str] | None) -> Options:
         args.tasks, args.big_tasks, args.duration = 2_000, 5_000, 1.0
         args.deep_pages, args.flows, args.ingest_rounds = 3, 3, 1
         args.waiters = 50
+        args.cost_tasks, args.cost_rate, args.cost_gets = 10, 50.0, 100
     big = None if args.skip_big or args.big_tasks <= args.tasks else args.big_tasks
-    default_out = RESULTS_DIR / ("smoke.md" if args.smoke else "latest.md")
+    default_out = RESULTS_DIR / (
+        "smoke.md" if args.smoke else "cost.md" if args.cost_only else "latest.md"
+    )
     return Options(
         tasks=args.tasks,
         big_tasks=big,
@@ -117,6 +134,10 @@ def parse_args(argv: list[str] | None) -> Options:
         # The unrelated load's measured window around the completion: a few seconds, so that
         # a stall of the API at the completion weighs in its p99.
         waiter_window=1.0 if args.smoke else 3.0,
+        cost_tasks=args.cost_tasks,
+        cost_rate=args.cost_rate,
+        cost_gets=args.cost_gets,
+        cost_only=args.cost_only,
         smoke=args.smoke,
         keep=args.keep,
         out=args.out or default_out,
@@ -124,6 +145,11 @@ def parse_args(argv: list[str] | None) -> Options:
         log_level=args.log_level,
         logs=args.logs,
     )
+
+
+def _load() -> str:
+    """The machine's 1, 5 and 15-minute load averages (the machine is shared)."""
+    return ", ".join(f"{value:.2f}" for value in os.getloadavg()) + " (1, 5, 15 min)"
 
 
 def _step(message: str) -> None:
@@ -146,8 +172,29 @@ def _seed(
     return report.targets
 
 
+def _cost(options: Options, stack: Stack, m: Measurements) -> None:
+    _step(
+        f"CPU per task: {options.cost_tasks} tasks at {options.cost_rate:g}/s,"
+        f" {options.cost_gets} GETs, then a profile"
+    )
+    run_cost(stack, m, options.cost_tasks, options.cost_rate, options.cost_gets)
+
+
+def run_cost_only(options: Options, stack: Stack, m: Measurements) -> None:
+    """The simulator, the API and the worker on an empty database, and the cost phase."""
+    _step("starting the simulator, edithook serve and edithook worker")
+    stack.start_simulator()
+    stack.start_api()
+    stack.start_worker()
+    _cost(options, stack, m)
+    stack.stop_worker()
+
+
 def run(options: Options, stack: Stack, m: Measurements) -> None:
     """Every phase, in order, filling `m`."""
+    if options.cost_only:
+        run_cost_only(options, stack, m)
+        return
     url = stack.database_url
     timing = Timing(options.duration, options.warmup)
     now = datetime.now(UTC)
@@ -182,6 +229,7 @@ def run(options: Options, stack: Stack, m: Measurements) -> None:
     _step(f"edithook worker: {options.flows} tasks from creation to stored")
     stack.start_worker()
     run_flows(stack, m, options.flows)
+    _cost(options, stack, m)
     stack.stop_worker()
     _step("submission, statement by statement")
     m.diagnostics += diagnose.submission_breakdown(stack.service_env(), stack.simulator_url)
@@ -201,7 +249,12 @@ def run(options: Options, stack: Stack, m: Measurements) -> None:
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
     m = Measurements(tasks=options.tasks, big_tasks=options.big_tasks)
-    name = DATABASE_NAME + (f"_smoke_{secrets.token_hex(3)}" if options.smoke else "")
+    # A name of its own: the run drops any database of its name first, so two runs on the
+    # shared server must never share one.
+    kind = "_smoke" if options.smoke else "_cost" if options.cost_only else ""
+    name = f"{DATABASE_NAME}{kind}_{secrets.token_hex(3)}"
+    if options.keep:
+        print(f"the database is {name}; it is kept", flush=True)
     if options.logs:
         options.logs.mkdir(parents=True, exist_ok=True)
     run_dir = options.logs or Path(tempfile.mkdtemp(prefix="edithook-bench-"))
@@ -212,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             database.bench_database(admin_url, name, keep=options.keep) as url,
         ):
             m.machine = describe_machine(url)
+            m.machine["load average at start"] = _load()
             m.machine["run"] = (
                 f"{short_count(options.tasks)} / "
                 f"{short_count(options.big_tasks) if options.big_tasks else '—'} tasks,"
@@ -225,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                 run(options, stack, m)
             finally:
                 stack.stop_all()
+                m.machine["load average at the end"] = _load()
                 for role in ("api", "worker"):
                     if role in stack.peaks:
                         m.peak_rss_mb[role] = stack.peaks[role]

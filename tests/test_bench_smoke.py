@@ -44,6 +44,9 @@ METRICS = {
     "waiters: completion → median answered": 1,
     "waiters: unrelated GET p99 idle": 1,
     "waiters: unrelated GET p99 with waiters": 1,
+    "cost per task api CPU": 1,
+    "cost per task worker CPU": 1,
+    "cost per GET /v1/tasks/{id} api CPU": 1,
     "peak RSS api": 1,
     "peak RSS worker": 1,
 }
@@ -80,3 +83,26 @@ def test_smoke_run_measures_every_metric(tmp_path: Path) -> None:
     assert len(timed) == 5, trips  # the header and four exchanges
     for line in timed[1:]:
         assert all(float(cell) > 0 for cell in line.strip("| ").split(" | ")[1:]), line
+    profile = report.split("### Where the worker's time goes", 1)[1]
+    worker = profile.split("**The worker**", 1)[1].split("**The API", 1)[0]
+    shares = [line for line in worker.splitlines() if line.startswith("| ") and "%" in line]
+    assert shares, profile  # py-spy sampled the worker and its functions are listed
+
+
+@pytest.mark.timeout(180)
+def test_two_runs_at_once_each_keep_a_database_of_their_own(tmp_path: Path) -> None:
+    """Two runs on one Postgres at the same time both finish: neither drops the other's data."""
+    command = [sys.executable, "-m", "bench", "--cost-only", "--cost-tasks", "3"]
+    command += ["--cost-rate", "20", "--cost-gets", "10"]
+    runs = [
+        subprocess.Popen(
+            [*command, "--out", str(tmp_path / f"cost-{index}.md")],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for index in range(2)
+    ]
+    outputs = [run.communicate(timeout=150)[0].decode(errors="replace") for run in runs]
+    for run, output in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, output[-3000:]
