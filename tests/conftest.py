@@ -25,7 +25,7 @@ from app.servers import RunningServer, bind, socket_url, start_server
 from app.settings import Settings
 from app.worker import run_worker
 from evolink_simulator import SimulatorConfig, create_simulator_app
-from helpers import ALPHA_KEY, BETA_KEY, make_settings, migrated_database
+from tests.helpers import ALPHA_KEY, BETA_KEY, make_settings, migrated_database
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -48,10 +48,10 @@ def admin_url() -> Iterator[str]:
     if _answers(LOCAL_POSTGRES):
         yield LOCAL_POSTGRES
         return
-    import pgserver
+    from pgserver.postgres_server import get_server
 
     with tempfile.TemporaryDirectory(prefix="edithook-pg-") as data_dir:
-        server = pgserver.get_server(Path(data_dir), cleanup_mode="stop")
+        server = get_server(Path(data_dir), cleanup_mode="stop")
         yield server.get_uri()
         server.cleanup()
 

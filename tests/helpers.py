@@ -8,6 +8,7 @@ import secrets
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -16,6 +17,9 @@ import psycopg
 
 from app.migrate import upgrade
 from app.settings import Settings
+
+# The checkout: the tests read its README, compose file, sources and .env.example.
+REPO = Path(__file__).resolve().parent.parent
 
 ALPHA_KEY = "alpha-key-0123456789"
 BETA_KEY = "beta-key-0123456789"
@@ -84,10 +88,10 @@ def make_settings(
         environment="development",
         database_url=database_url,
         evolink_base_url=provider_url,
-        evolink_api_key="sk-test-key",  # type: ignore[arg-type]
+        evolink_api_key="sk-test-key",
         public_base_url=public_url,
-        callback_secret=CALLBACK_SECRET,  # type: ignore[arg-type]
-        api_keys=f"alpha:{ALPHA_KEY},beta:{BETA_KEY}",  # type: ignore[arg-type]
+        callback_secret=CALLBACK_SECRET,
+        api_keys=f"alpha:{ALPHA_KEY},beta:{BETA_KEY}",
         submit_attempts=4,
         **extra,  # type: ignore[arg-type]
     )

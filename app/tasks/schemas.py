@@ -62,7 +62,8 @@ INVISIBLE = frozenset(
 
 # What the checks below accept, as JSON Schema says it in the OpenAPI document. Where JSON
 # Schema cannot say it (a public https URL, a prompt with something visible in it) a named
-# format stands for the rule; `tests/schemathesis_hooks.py` knows how to make such values.
+# format stands for the rule; `tests/integration/schemathesis_hooks.py` knows how to make such
+# values.
 _SIDE = "(5(1[2-9]|[2-9][0-9])|[6-9][0-9]{2}|1[0-9]{3}|20[0-3][0-9]|204[0-8])"
 SIZE_SCHEMA: dict[str, Any] = {"pattern": f"^{_SIDE}x{_SIDE}$"}
 NO_NUL = "^[^\\u0000]*$"

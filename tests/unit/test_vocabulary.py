@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
@@ -12,8 +11,9 @@ from pydantic import BaseModel
 from app.models import Task, TaskEvent, TaskResult
 from app.tasks.schemas import EventRead, ResultRead, TaskRead
 from app.vocabulary import EventKind, EventOutcome, ResolvedBy, ResultStatus, TaskStatus
+from tests.helpers import REPO
 
-APP = Path(__file__).resolve().parents[2] / "app"
+APP = REPO / "app"
 
 
 @pytest.mark.parametrize(

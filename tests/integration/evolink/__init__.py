@@ -1,0 +1,1 @@
+"""The EvoLink client and the simulator, over real HTTP."""

@@ -1,0 +1,1 @@
+"""Result images: downloading them and storing them."""

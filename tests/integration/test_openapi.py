@@ -1,0 +1,121 @@
+"""The OpenAPI document says what the service sends, and the service keeps to it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from tests.helpers import ALPHA_KEY
+
+if TYPE_CHECKING:
+    from tests.conftest import Service
+
+PROBLEM_REFS = {"#/components/schemas/Problem", "#/components/schemas/ValidationProblem"}
+
+
+def _operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [
+        (method.upper(), path, operation)
+        for path, operations in document["paths"].items()
+        for method, operation in operations.items()
+    ]
+
+
+async def test_every_documented_error_is_a_problem_document(api: httpx.AsyncClient) -> None:
+    """Each 4xx/5xx answer is `application/problem+json` with the problem schema."""
+    document = (await api.get("/openapi.json")).json()
+    assert "HTTPValidationError" not in document["components"]["schemas"]
+    for method, path, operation in _operations(document):
+        for status, response in operation["responses"].items():
+            if not status.startswith(("4", "5")) or path == "/readyz":
+                continue
+            content = response["content"]
+            assert list(content) == ["application/problem+json"], (method, path, status)
+            ref = content["application/problem+json"]["schema"]["$ref"]
+            assert ref in PROBLEM_REFS, (method, path, status)
+            if status == "422":
+                assert ref.endswith("/ValidationProblem")
+
+
+async def test_errors_are_documented_where_they_are_sent(api: httpx.AsyncClient) -> None:
+    """401 wherever a key is needed, 400 and 413 with a body or a cursor, 503 with the database."""
+    document = (await api.get("/openapi.json")).json()
+    for method, path, operation in _operations(document):
+        documented = set(operation["responses"])
+        needs_key = path.startswith("/v1/tasks")
+        assert ("401" in documented) == needs_key, (method, path)
+        if "requestBody" in operation or path.startswith("/v1/callbacks"):
+            assert {"400", "413"} <= documented, (method, path)
+        if any(param["name"] == "cursor" for param in operation.get("parameters", [])):
+            assert "400" in documented, (method, path)
+        if path != "/healthz":
+            assert "503" in documented, (method, path)
+    create = document["paths"]["/v1/tasks"]["post"]["responses"]
+    assert "409" in create
+    assert "Retry-After" in create["503"]["headers"]
+
+
+async def test_a_wrong_method_names_every_method_of_the_path(api: httpx.AsyncClient) -> None:
+    """`Allow` on a 405 lists all the path's methods, not just those of one route."""
+    wrong = await api.put("/v1/tasks")
+    assert wrong.status_code == 405
+    assert wrong.headers["content-type"] == "application/problem+json"
+    assert wrong.headers["Allow"] == "GET, POST"
+    one = await api.delete("/v1/tasks/6f1c5a34-9a0e-4b7e-8f43-2b1d1c0e9a51")
+    assert one.status_code == 405
+    assert one.headers["Allow"] == "GET"
+
+
+async def test_listing_bounds_are_rfc_3339_date_times_with_an_offset(
+    api: httpx.AsyncClient,
+) -> None:
+    """A number of seconds or a time without an offset is refused; the RFC 3339 forms are not."""
+    for value in ("0.5", "1700000000", "2026-11-24T05:14:44", "2026-11-24", "yesterday"):
+        answer = await api.get("/v1/tasks", params={"created_before": value})
+        assert answer.status_code == 422, value
+        assert answer.json()["errors"][0]["field"] == "query.created_before"
+    for value in ("2026-11-24T05:14:44Z", "2026-11-24t05:14:44.123+02:00"):
+        answer = await api.get("/v1/tasks", params={"created_after": value})
+        assert answer.status_code == 200, (value, answer.text)
+
+
+async def test_a_bounded_schemathesis_run_finds_nothing(service: Service, clean_db: None) -> None:
+    """Every check of schemathesis, over every phase, against the live service: no failure."""
+    st = Path(sys.executable).parent / "st"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).parent),
+        "SCHEMATHESIS_HOOKS": "schemathesis_hooks",
+    }
+    process = await asyncio.create_subprocess_exec(
+        str(st),
+        "--config-file",
+        str(Path(__file__).parent / "schemathesis.toml"),
+        "run",
+        f"{service.url}/openapi.json",
+        "--header",
+        f"Authorization: Bearer {ALPHA_KEY}",
+        "--checks",
+        "all",
+        "--max-examples",
+        "25",
+        "--seed",
+        "20261202",
+        "--workers",
+        "1",
+        "--request-timeout",
+        "30",
+        "--generation-database",
+        "none",
+        "--no-color",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await process.communicate()
+    assert process.returncode == 0, output.decode(errors="replace")

@@ -1,0 +1,1 @@
+"""Process tests: edithook's own commands as real processes, a browser, faults injected."""

@@ -1,0 +1,1 @@
+"""Faults against real serve and worker processes: outages, kills, stalls."""

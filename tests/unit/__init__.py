@@ -1,0 +1,1 @@
+"""Unit tests: no I/O beyond reading the repository's files; they run with Postgres unreachable."""
