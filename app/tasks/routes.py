@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated
 
@@ -114,7 +115,7 @@ async def create_task(
         response.headers["Idempotent-Replayed"] = "true"
     wait = parse_prefer_wait(prefer, maximum=MAX_WAIT_SECONDS)
     if wait:
-        view = await wait_until_settled(resources, caller, task.id, wait, response)
+        view = (await wait_until_settled(resources, caller, task.id, wait, response)).view
     return to_read(view)
 
 
@@ -155,6 +156,7 @@ async def list_tasks(
         "`Edithook-Wait` then says `settled` or `timed-out`."
     ),
     responses=NOT_FOUND,
+    response_model=TaskRead,
 )
 async def get_task(
     task_id: str,
@@ -162,7 +164,7 @@ async def get_task(
     resources: ResourcesDep,
     response: Response,
     prefer: PreferHeader = None,
-) -> TaskRead:
+) -> TaskRead | Response:
     parsed = parse_task_id(task_id)
     # Named flow "read, then wait": no session is held while waiting.
     view = await _read_task(resources, caller, parsed)
@@ -172,28 +174,45 @@ async def get_task(
         response.headers["Preference-Applied"] = f"wait={wait:g}"
         response.headers["Edithook-Wait"] = "settled"
     elif wait:
-        view = await wait_until_settled(resources, caller, parsed, wait, response)
+        shared = await wait_until_settled(resources, caller, parsed, wait, response)
+        # The body every waiter of that read shares, rendered once for all of them.
+        headers = {name: response.headers[name] for name in WAIT_HEADERS}
+        return Response(shared.body, media_type="application/json", headers=headers)
     return to_read(view)
+
+
+WAIT_HEADERS = ("Preference-Applied", "Edithook-Wait")
+
+
+@dataclass(frozen=True)
+class SharedRead:
+    """One read of a waited-on task and its answer, rendered once: every request of the same
+    caller waiting on the task in this process gets this one object after a notification,
+    so a thousand waiters cost one query and one rendering, not a thousand of each."""
+
+    view: service.TaskView
+    body: bytes
 
 
 async def wait_until_settled(
     resources: Resources, caller: str, task_id: uuid.UUID, seconds: float, response: Response
-) -> service.TaskView:
+) -> SharedRead:
     """Hold until the task is settled or `seconds` pass; woken by NOTIFY, not by polling.
 
     No session is held while waiting: each check takes a connection for one query, which
     every request of this caller waiting on the task shares.
     """
-    latest: list[service.TaskView] = []
+    latest: list[SharedRead] = []
     waiter = resources.waiter
     assert waiter is not None, "the API opens its resources with a waiter"
 
-    async def read() -> service.TaskView:
-        return await _read_task(resources, caller, task_id)
+    async def read() -> SharedRead:
+        view = await _read_task(resources, caller, task_id)
+        return SharedRead(view, to_read(view).model_dump_json().encode())
 
     async def settled() -> bool:
         latest[:] = [await waiter.read_once(task_id, caller, read)]
-        return latest[0].settled
+        return latest[0].view.settled
 
     done = await waiter.wait_until(task_id, settled, seconds)
     response.headers["Preference-Applied"] = f"wait={seconds:g}"
