@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from tests.helpers import ALPHA_KEY
+from tests.helpers import ALPHA_KEY, VALID_EDIT
 
 if TYPE_CHECKING:
     from tests.conftest import Service
@@ -79,9 +79,12 @@ async def test_listing_bounds_are_rfc_3339_date_times_with_an_offset(
         answer = await api.get("/v1/tasks", params={"created_before": value})
         assert answer.status_code == 422, value
         assert answer.json()["errors"][0]["field"] == "query.created_before"
-    for value in ("2026-11-24T05:14:44Z", "2026-11-24t05:14:44.123+02:00"):
+    created = (await api.post("/v1/tasks", json=VALID_EDIT)).json()
+    for value, listed in (("2026-11-24T05:14:44Z", True), ("2999-01-01t00:00:00.5+02:00", False)):
         answer = await api.get("/v1/tasks", params={"created_after": value})
         assert answer.status_code == 200, (value, answer.text)
+        ids = [item["id"] for item in answer.json()["items"]]
+        assert (created["id"] in ids) is listed, value
 
 
 async def test_a_bounded_schemathesis_run_finds_nothing(service: Service, clean_db: None) -> None:
