@@ -30,6 +30,9 @@ STORE_RESULTS = "store_results"
 RECONCILE = "reconcile"
 SWEEP = "sweep"
 PRUNE = "prune"
+DELIVER_WEBHOOK = "deliver_webhook"
+RECOVER_WEBHOOKS = "recover_webhooks"
+SWEEP_WEBHOOKS = "sweep_webhooks"
 
 # Job names are stored in procrastinate's rows and matched by SQL (the sweeper, enqueue):
 # they are a contract with the database, kept exactly as they are.

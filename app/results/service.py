@@ -30,6 +30,7 @@ from app.results.storage import ResultStorage, StorageError
 from app.tasks.service import require_owned
 from app.tasks.transitions import result_limit
 from app.vocabulary import EventKind, EventOutcome, ResultStatus, TaskStatus
+from app.webhooks.messages import make_succeeded
 
 LINK_TTL: Final = timedelta(hours=24)
 # The least wait before asking the provider again when it could not confirm the results.
@@ -259,7 +260,7 @@ async def _reconcile(
         await session.flush()
         pending = [row for row in await _results(session, run.task_id) if row.status == _PENDING]
         if report.failed and not pending:
-            await notify_task_changed(session, run.task_id)
+            await settled(session, run.task_id)
     return [_Target(row.id, row.index, row.provider_url) for row in pending]
 
 
@@ -358,7 +359,7 @@ async def _fail_pending(
         session.add(_event(run, EventOutcome.ERROR, reason))
         if count:
             report.failed += count
-            await notify_task_changed(session, run.task_id)
+            await settled(session, run.task_id)
 
 
 async def _retry_confirmation(
@@ -429,7 +430,14 @@ def _pending_count(task_id: uuid.UUID) -> Select[int]:
 async def _notify_if_settled(session: AsyncSession, task_id: uuid.UUID) -> None:
     """Wake the task's waiters if none of its results is pending any more (sent at commit)."""
     if not await session.scalar(_pending_count(task_id)):
-        await notify_task_changed(session, task_id)
+        await settled(session, task_id)
+
+
+async def settled(session: AsyncSession, task_id: uuid.UUID) -> None:
+    """The completed task's results are all stored or failed: wake its waiters and tell its
+    callers (`task.succeeded`), at commit."""
+    await notify_task_changed(session, task_id)
+    await make_succeeded(session, task_id)
 
 
 async def list_results(session: AsyncSession, client: str, task_id: uuid.UUID) -> list[TaskResult]:

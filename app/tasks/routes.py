@@ -37,6 +37,7 @@ from app.tasks.reconcile import poll_task
 from app.tasks.schemas import EventPage, EventRead, TaskCreate, TaskPage, TaskRead
 from app.vocabulary import EventOutcome, TaskStatus
 from app.waiting import parse_prefer_wait
+from app.webhooks.targets import check_webhook_url
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 
@@ -101,6 +102,8 @@ async def create_task(
     ] = None,
     prefer: PreferHeader = None,
 ) -> TaskRead:
+    if body.webhook_url is not None:
+        check_webhook_url(resources.settings, body.webhook_url, field="webhook_url")
     # Named flow "create, then wait": committed before any waiting (see the module's doc).
     async with transaction(resources.sessions) as session:
         task, created = await service.create_task(session, caller, body, idempotency_key)

@@ -5,7 +5,8 @@ answer, a failed create, the system's time limits — reads the task (without a 
 its rule (app.tasks.transitions) for a verdict, and hands the verdict to `write` with the
 guard derived from that rule. `write` sends ONE statement that locks the row, applies the
 verdict only if the row is still in a guarded state, adds the result rows, enqueues the
-copy job, notifies waiters and records the event. When the row changed in between, it
+copy job, makes the webhook messages (`app.webhooks.messages`), notifies waiters and
+records the event. When the row changed in between, it
 writes nothing and `settle` reads, judges and writes again.
 
 The fast paths (a terminal callback, a create's answer) are the same statement with the
@@ -36,6 +37,7 @@ from app.jobs import QUEUE, STORE_RESULTS
 from app.notify import TASK_CHANNEL
 from app.tasks.transitions import Guard, Rule, TaskState, Verdict, guard_for
 from app.vocabulary import EventKind, EventOutcome, ResultStatus, TaskStatus
+from app.webhooks import messages as webhook_messages
 
 # The task columns a verdict may set.
 CHANGEABLE = frozenset(
@@ -101,7 +103,7 @@ WITH prior AS (
                jsonb_build_object('task_id', moved.id::text), NULL
            )::procrastinate_job_to_defer_v1]) END
     FROM moved
-), event AS (
+){webhooks}, event AS (
     INSERT INTO task_events
         (task_id, kind, outcome, from_status, to_status, provider_status, detail, body, headers)
     SELECT hit.id, %(kind)s,
@@ -154,6 +156,7 @@ def statement_for(columns: frozenset[str], bookkeeping: frozenset[str]) -> Liter
         copy_job=STORE_RESULTS,
         completed=TaskStatus.COMPLETED.value,
         result_pending=ResultStatus.PENDING.value,
+        webhooks=webhook_messages.WRITER_CTE,
     )
 
 

@@ -47,7 +47,7 @@ async def test_errors_are_documented_where_they_are_sent(api: httpx.AsyncClient)
     document = (await api.get("/openapi.json")).json()
     for method, path, operation in _operations(document):
         documented = set(operation["responses"])
-        needs_key = path.startswith("/v1/tasks")
+        needs_key = path.startswith(("/v1/tasks", "/v1/webhook"))
         assert ("401" in documented) == needs_key, (method, path)
         if "requestBody" in operation or path.startswith("/v1/callbacks"):
             assert {"400", "413"} <= documented, (method, path)

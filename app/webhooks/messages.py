@@ -1,0 +1,88 @@
+"""Making webhook messages, in the transaction of the change they report.
+
+One message per recipient: each of the client's enabled endpoints subscribed to the type,
+and the task's own `webhook_url`. Each message's delivery job is deferred by the same
+statement that inserts it, so a committed message never lacks its job.
+
+- `WRITER_CTE` is the part of the task writer's one statement (`app.tasks.writer`) for
+  `task.submitted`, `task.failed` and `task.cancelled`: it reads the writer's `moved` CTE
+  and inserts nothing unless the task has just moved into one of those statuses.
+- `make_succeeded` is called by the result copy when it settles a completed task (every
+  result stored or failed), in the transaction that settles it: `task.succeeded`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Final
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.jobs import DELIVER_WEBHOOK, QUEUE
+from app.vocabulary import WEBHOOK_TYPE_OF_STATUS, TaskStatus, WebhookType
+
+# One row per recipient of the events in `source` (task_id, client, webhook_url, type).
+# The message id is made in a subquery, so it is made once and the row and its job share it
+# (a volatile expression keeps the subquery from being merged into its reader).
+_INSERT: Final = """
+    INSERT INTO webhook_messages (id, task_id, client, type, endpoint_id, url)
+    SELECT m.id, m.task_id, m.client, m.type, m.endpoint_id, m.url FROM (
+        SELECT gen_random_uuid() AS id, src.task_id, src.client, src.type,
+               e.id AS endpoint_id, NULL::text AS url
+        FROM ({source}) AS src
+        JOIN webhook_endpoints e ON e.client = src.client AND e.enabled
+             AND (e.event_types IS NULL OR src.type = ANY(e.event_types))
+        UNION ALL
+        SELECT gen_random_uuid(), src.task_id, src.client, src.type, NULL, src.webhook_url
+        FROM ({source}) AS src WHERE src.webhook_url IS NOT NULL
+    ) AS m
+    RETURNING id, procrastinate_defer_jobs_v1(ARRAY[ROW(
+        '{queue}', '{job}', 0, 'webhook:' || id::text, NULL,
+        jsonb_build_object('message_id', id::text), NULL
+    )::procrastinate_job_to_defer_v1])
+"""
+
+_TYPE_OF_STATUS: Final = " ".join(
+    f"WHEN '{status.value}' THEN '{kind.value}'" for status, kind in WEBHOOK_TYPE_OF_STATUS.items()
+)
+_WRITER_SOURCE: Final = f"""
+    SELECT moved.id AS task_id, t.client, t.webhook_url,
+           CASE %(to_status)s::text {_TYPE_OF_STATUS} END AS type
+    FROM moved JOIN tasks t ON t.id = moved.id
+    WHERE %(to_status)s::text IN ({", ".join(f"'{s.value}'" for s in WEBHOOK_TYPE_OF_STATUS)})
+      AND moved.from_status <> %(to_status)s::text"""  # noqa: S608 - enum values only
+
+# `, webhook_messages AS (...)`: one more CTE for the writer's statement. A data-modifying
+# CTE runs whether or not it is read; when the task did not move into a status above, its
+# source is empty and it costs a one-time filter.
+WRITER_CTE: Final = (
+    ", webhook_messages AS ("
+    + _INSERT.format(source=_WRITER_SOURCE, queue=QUEUE, job=DELIVER_WEBHOOK)
+    + ")"
+)
+
+_SUCCEEDED: Final = text(
+    _INSERT.format(
+        source=f"""
+            SELECT t.id AS task_id, t.client, t.webhook_url,
+                   '{WebhookType.SUCCEEDED.value}'::text AS type
+            FROM tasks t
+            WHERE t.id = :task_id AND t.status = '{TaskStatus.COMPLETED.value}'
+              AND NOT EXISTS (SELECT 1 FROM webhook_messages w
+                              WHERE w.task_id = t.id AND w.type = '{WebhookType.SUCCEEDED.value}')
+              AND NOT EXISTS (SELECT 1 FROM task_results r
+                              WHERE r.task_id = t.id AND r.status = 'pending')""",  # noqa: S608
+        queue=QUEUE,
+        job=DELIVER_WEBHOOK,
+    )
+)
+
+
+async def make_succeeded(session: AsyncSession, task_id: uuid.UUID) -> None:
+    """`task.succeeded` for every recipient, once, if the completed task is settled.
+
+    Takes the task's row lock, so that two settling transactions cannot both make them.
+    """
+    await session.execute(text("SELECT 1 FROM tasks WHERE id = :id FOR UPDATE"), {"id": task_id})
+    await session.execute(_SUCCEEDED, {"task_id": task_id})
