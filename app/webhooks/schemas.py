@@ -7,7 +7,15 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+)
 
 from app.tasks.schemas import NO_NUL, StorableStr
 from app.vocabulary import MessageStatus, WebhookType
@@ -30,8 +38,17 @@ def _rfc3339(value: object) -> object:
 
 
 Timestamp = Annotated[datetime, BeforeValidator(_rfc3339)]
+
+
+def _unique(value: list[WebhookType]) -> list[WebhookType]:
+    if len(set(value)) != len(value):
+        raise ValueError("must not name an event type twice")
+    return value
+
+
 EventTypes = Annotated[
     list[WebhookType],
+    AfterValidator(_unique),
     Field(
         min_length=1,
         description="Only these events; leave out (or null) for all of them.",

@@ -28,6 +28,7 @@ from app.urls import (
     address_allowed,
     check_url,
     is_loopback_address,
+    is_loopback_host,
     never_allowed,
     parse_url,
 )
@@ -51,6 +52,8 @@ class Rule:
         if len(url) > URL_MAX:
             raise UrlRefused(f"must be at most {URL_MAX} characters")
         target = parse_url(url, schemes=self.schemes)
+        if target.scheme == "http" and not is_loopback_host(target.host):
+            raise UrlRefused("must use https (plain http only to loopback in development)")
         if target.address is not None:
             if not self.address_ok(target.address, listed_name=False):
                 raise UrlRefused(
