@@ -70,9 +70,11 @@ async def get_metrics(session: SessionDep) -> PlainTextResponse:
     in_flight = (await session.execute(IN_FLIGHT_COUNTS)).all()
     finished = await callback_loss(session, datetime.now(UTC) - WINDOW)
     pending_results = await session.scalar(PENDING_RESULTS)
-    attempts = dict(
-        (await session.execute(WEBHOOK_ATTEMPTS, {"since": datetime.now(UTC) - WINDOW})).all()
-    )
+    since = {"since": datetime.now(UTC) - WINDOW}
+    attempts = {
+        str(outcome): int(count)
+        for outcome, count in (await session.execute(WEBHOOK_ATTEMPTS, since)).all()
+    }
     oldest = await session.scalar(OLDEST_UNDELIVERED)
     counts = {str(status): int(count) for status, count in in_flight}
     lines = [

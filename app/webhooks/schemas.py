@@ -16,6 +16,7 @@ from pydantic import (
     StrictBool,
     StrictStr,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from app.tasks.schemas import NO_NUL, StorableStr
 from app.vocabulary import MessageStatus, WebhookType
@@ -90,10 +91,11 @@ class EndpointUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: Url | None = None
+    # Left out, not null: an endpoint always has a URL and is enabled or not.
+    url: Url | SkipJsonSchema[None] = None
     event_types: EventTypes | None = None
     description: Description | None = None
-    enabled: StrictBool | None = None
+    enabled: StrictBool | SkipJsonSchema[None] = None
 
 
 class EndpointRead(BaseModel):

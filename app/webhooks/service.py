@@ -106,7 +106,12 @@ async def update_endpoint(
         endpoint.event_types = _types(body.event_types)
     if "description" in given:
         endpoint.description = body.description
-    if "enabled" in given and body.enabled is not None:
+    if "enabled" in given:
+        if body.enabled is None:
+            raise Unprocessable(
+                "`enabled` is true or false.",
+                errors=[{"field": "enabled", "message": "must not be null", "code": "null"}],
+            )
         endpoint.enabled = body.enabled
         if body.enabled:
             endpoint.disabled_reason = None

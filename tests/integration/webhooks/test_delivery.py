@@ -6,11 +6,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from typing import Any
 
 import httpx
+from sqlalchemy import text
 from standardwebhooks import Webhook
 
+from app.db import transaction
+from app.webhooks.delivery import deliver
+from app.webhooks.jobs import config_of
+from app.webhooks.service import requeue_lost
+from tests.conftest import Service
 from tests.helpers import create_task, wait_for_task
 from tests.integration.webhooks.conftest import Plan, Received, Receiver
 
@@ -161,3 +168,61 @@ async def _until_status(api: httpx.AsyncClient, task_id: str, status: str) -> di
             return found[0]
         await asyncio.sleep(0.1)
     raise AssertionError(f"messages stayed {json.dumps(found)[:2000]}")
+
+
+async def test_failed_and_cancelled_tasks_are_told_with_their_own_types(
+    hooks_api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    """A task EvoLink fails sends task.failed; one it cancels, task.cancelled."""
+    endpoint = await register(
+        hooks_api, receiver.url + "/ends", event_types=["task.failed", "task.cancelled"]
+    )
+    failed = await create_task(hooks_api, prompt="[sim:fail=content_policy_violation] edit")
+    cancelled = await create_task(hooks_api, prompt="[sim:cancel] edit")
+    deliveries = await receiver.wait_for("/ends", 2)
+    told = {
+        (p["data"]["id"], p["type"], p["data"]["status"])
+        for p in (verified(endpoint["secret"], item) for item in deliveries)
+    }
+    assert told == {
+        (failed["id"], "task.failed", "failed"),
+        (cancelled["id"], "task.cancelled", "cancelled"),
+    }
+
+
+async def test_a_message_whose_job_was_lost_is_sent_after_the_sweep(
+    hooks_api: httpx.AsyncClient, receiver: Receiver, webhook_service: Service
+) -> None:
+    """A pending message past due with no job gets one from `requeue_lost`, and arrives."""
+    endpoint = await register(hooks_api, receiver.url + "/lost", event_types=["task.failed"])
+    task = await create_task(hooks_api, prompt="[sim:hold] edit")
+    async with transaction(webhook_service.resources.sessions) as session:
+        await session.execute(
+            text(
+                "INSERT INTO webhook_messages (id, task_id, client, type, endpoint_id,"
+                " next_attempt_at) VALUES (gen_random_uuid(), :task, 'alpha', 'task.failed',"
+                " :endpoint, now() - interval '5 minutes')"
+            ),
+            {"task": task["id"], "endpoint": endpoint["id"]},
+        )
+    async with transaction(webhook_service.resources.sessions) as session:
+        assert await requeue_lost(session) == 1
+    async with transaction(webhook_service.resources.sessions) as session:
+        assert await requeue_lost(session) == 0  # its job is there now
+    [delivery] = await receiver.wait_for("/lost", 1)
+    assert verified(endpoint["secret"], delivery)["type"] == "task.failed"
+
+
+async def test_running_a_delivery_again_after_it_succeeded_sends_nothing(
+    hooks_api: httpx.AsyncClient, receiver: Receiver, webhook_service: Service
+) -> None:
+    """A job run twice (a worker killed after the POST) finds the message delivered."""
+    await register(hooks_api, receiver.url + "/once", event_types=["task.succeeded"])
+    task = await create_task(hooks_api)
+    message = await _until_status(hooks_api, task["id"], "delivered")
+    resources = webhook_service.resources
+    again = await deliver(
+        resources.sessions, resources.download_http, config_of(resources), uuid.UUID(message["id"])
+    )
+    assert again is None
+    assert len(receiver.at("/once")) == 1
