@@ -9,9 +9,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+from sqlalchemy import text
 from standardwebhooks import Webhook
 
+from app.db import transaction
 from app.servers import bind, start_server
+from tests.conftest import Service
 from tests.helpers import create_task
 from tests.integration.webhooks.conftest import Plan, Receiver, receiver_app
 from tests.integration.webhooks.test_delivery import messages, register, verified
@@ -184,3 +187,42 @@ async def test_metrics_count_attempts_by_outcome(
     text = (await hooks_api.get("/metrics")).text
     assert 'edithook_webhook_attempts_24h{outcome="delivered"} 1' in text
     assert "edithook_webhook_oldest_undelivered_seconds 0" in text
+
+
+async def test_retry_after_on_a_429_sets_the_next_attempt(
+    hooks_api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    """429 with `Retry-After: 3600`: the next attempt is an hour away, not the schedule's."""
+    await register(hooks_api, receiver.url + "/busy", event_types=["task.succeeded"])
+    receiver.plan("/busy", Plan(429, headers={"Retry-After": "3600"}))
+    task = await create_task(hooks_api)
+    [message] = await _until(hooks_api, task["id"], lambda found: found[0]["attempts"])
+    [attempt] = message["attempts"]
+    assert attempt["status_code"] == 429
+    assert attempt["outcome"] == "retrying"
+    wait = datetime.fromisoformat(message["next_attempt_at"]) - datetime.fromisoformat(
+        attempt["attempted_at"]
+    )
+    assert timedelta(minutes=59) < wait <= timedelta(hours=1)
+
+
+async def test_an_endpoint_failing_for_five_days_is_disabled_with_its_reason(
+    hooks_api: httpx.AsyncClient, receiver: Receiver, webhook_service: Service
+) -> None:
+    """No success since 5 days ago, and one more failure: disabled, saying since when."""
+    endpoint = await register(hooks_api, receiver.url + "/dying", event_types=["task.succeeded"])
+    async with transaction(webhook_service.resources.sessions) as session:
+        await session.execute(
+            text(
+                "UPDATE webhook_endpoints SET failing_since = now() - interval '5 days 1 minute'"
+                " WHERE id = :id"
+            ),
+            {"id": endpoint["id"]},
+        )
+    receiver.plan("/dying", Plan(500))
+    task = await create_task(hooks_api)
+    [message] = await _until(hooks_api, task["id"], _all("failed"))
+    assert [a["outcome"] for a in message["attempts"]] == ["disabled"]
+    read = (await hooks_api.get(f"/v1/webhook-endpoints/{endpoint['id']}")).json()
+    assert read["enabled"] is False
+    assert read["disabled_reason"].startswith("failing without a success since")
