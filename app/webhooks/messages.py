@@ -19,7 +19,7 @@ from typing import Final
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.jobs import DELIVER_WEBHOOK, QUEUE
+from app.jobs import DELIVER_WEBHOOK, QUEUE, WEBHOOK_PRIORITY
 from app.vocabulary import WEBHOOK_TYPE_OF_STATUS, TaskStatus, WebhookType
 
 # One row per recipient of the events in `source` (task_id, client, webhook_url, type).
@@ -38,7 +38,7 @@ _INSERT: Final = """
         FROM ({source}) AS src WHERE src.webhook_url IS NOT NULL
     ) AS m
     RETURNING id, procrastinate_defer_jobs_v1(ARRAY[ROW(
-        '{queue}', '{job}', 0, 'webhook:' || id::text, NULL,
+        '{queue}', '{job}', {priority}, 'webhook:' || id::text, NULL,
         jsonb_build_object('message_id', id::text), NULL
     )::procrastinate_job_to_defer_v1])
 """
@@ -58,7 +58,9 @@ _WRITER_SOURCE: Final = f"""
 # source is empty and it costs a one-time filter.
 WRITER_CTE: Final = (
     ", webhook_messages AS ("
-    + _INSERT.format(source=_WRITER_SOURCE, queue=QUEUE, job=DELIVER_WEBHOOK)
+    + _INSERT.format(
+        source=_WRITER_SOURCE, queue=QUEUE, job=DELIVER_WEBHOOK, priority=WEBHOOK_PRIORITY
+    )
     + ")"
 )
 
@@ -75,6 +77,7 @@ _SUCCEEDED: Final = text(
                               WHERE r.task_id = t.id AND r.status = 'pending')""",  # noqa: S608
         queue=QUEUE,
         job=DELIVER_WEBHOOK,
+        priority=WEBHOOK_PRIORITY,
     )
 )
 

@@ -20,7 +20,7 @@ from sqlalchemy import select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import BadRequest, Conflict, NotFound, Unprocessable
-from app.jobs import DELIVER_WEBHOOK, RECOVER_WEBHOOKS, enqueue
+from app.jobs import DELIVER_WEBHOOK, RECOVER_WEBHOOKS, WEBHOOK_PRIORITY, enqueue
 from app.models import WebhookAttempt, WebhookClientSecret, WebhookEndpoint
 from app.models import WebhookMessage as Message
 from app.settings import Settings
@@ -220,7 +220,11 @@ async def _requeue(session: AsyncSession, message: Message) -> None:
     message.next_attempt_at = datetime.now(UTC)
     message.last_error = None
     await enqueue(
-        session, DELIVER_WEBHOOK, {"message_id": str(message.id)}, lock=f"webhook:{message.id}"
+        session,
+        DELIVER_WEBHOOK,
+        {"message_id": str(message.id)},
+        lock=f"webhook:{message.id}",
+        priority=WEBHOOK_PRIORITY,
     )
 
 
@@ -294,7 +298,11 @@ async def requeue_lost(session: AsyncSession) -> int:
     count = 0
     for (message_id,) in found.all():
         await enqueue(
-            session, DELIVER_WEBHOOK, {"message_id": str(message_id)}, lock=f"webhook:{message_id}"
+            session,
+            DELIVER_WEBHOOK,
+            {"message_id": str(message_id)},
+            lock=f"webhook:{message_id}",
+            priority=WEBHOOK_PRIORITY,
         )
         count += 1
     return count
