@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import pytest
 
 from tests.helpers import ALPHA_KEY, VALID_EDIT
 
@@ -87,6 +88,9 @@ async def test_listing_bounds_are_rfc_3339_date_times_with_an_offset(
         assert (created["id"] in ids) is listed, value
 
 
+# Twenty-three operations, each through every phase: longer than the suite's 120 s default
+# on a busy two-core machine.
+@pytest.mark.timeout(300)
 async def test_a_bounded_schemathesis_run_finds_nothing(service: Service, clean_db: None) -> None:
     """Every check of schemathesis, over every phase, against the live service: no failure."""
     st = Path(sys.executable).parent / "st"
