@@ -136,9 +136,12 @@ FROM tasks WHERE id = %(task_id)s
 
 
 @functools.cache
-def statement_for(columns: frozenset[str], bookkeeping: frozenset[str]) -> LiteralString:
+def statement_for(
+    columns: frozenset[str], bookkeeping: frozenset[str], *, tells: bool = False
+) -> LiteralString:
     """The statement that sets `columns` (names from CHANGEABLE) and does `bookkeeping`
-    (names from BOOKKEEPING) on a task whose row holds one of its guards."""
+    (names from BOOKKEEPING) on a task whose row holds one of its guards; with `tells`, it
+    also makes the webhook messages of a move into the verdict's status."""
     unknown = (columns - CHANGEABLE) | (bookkeeping - BOOKKEEPING.keys())
     if unknown:
         raise ValueError(f"the writer cannot change {sorted(unknown)}")
@@ -156,7 +159,7 @@ def statement_for(columns: frozenset[str], bookkeeping: frozenset[str]) -> Liter
         copy_job=STORE_RESULTS,
         completed=TaskStatus.COMPLETED.value,
         result_pending=ResultStatus.PENDING.value,
-        webhooks=webhook_messages.WRITER_CTE,
+        webhooks=webhook_messages.WRITER_CTE if tells else "",
     )
 
 
@@ -264,7 +267,8 @@ def prepare(
         "body": event.body,
         "headers": Jsonb(dict(event.headers)) if event.headers is not None else None,
     }
-    return statement_for(frozenset(verdict.changes), bookkeeping), params
+    tells = webhook_messages.tells(verdict.to_status)
+    return statement_for(frozenset(verdict.changes), bookkeeping, tells=tells), params
 
 
 async def write(

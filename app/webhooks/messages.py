@@ -53,9 +53,10 @@ _WRITER_SOURCE: Final = f"""
     WHERE %(to_status)s::text IN ({", ".join(f"'{s.value}'" for s in WEBHOOK_TYPE_OF_STATUS)})
       AND moved.from_status <> %(to_status)s::text"""  # noqa: S608 - enum values only
 
-# `, webhook_messages AS (...)`: one more CTE for the writer's statement. A data-modifying
-# CTE runs whether or not it is read; when the task did not move into a status above, its
-# source is empty and it costs a one-time filter.
+# `, webhook_messages AS (...)`: one more CTE for the writer's statement, included only in
+# the statements of verdicts that move a task into a status above (`tells`). A
+# data-modifying CTE runs whether or not it is read; when the task did not actually move
+# (a duplicate), its source is empty.
 WRITER_CTE: Final = (
     ", webhook_messages AS ("
     + _INSERT.format(
@@ -63,6 +64,13 @@ WRITER_CTE: Final = (
     )
     + ")"
 )
+
+
+def tells(status: TaskStatus | None) -> bool:
+    """Whether a move into `status` makes messages in the writer's statement: only then is
+    `WRITER_CTE` part of it, so a completion's statement does not carry it at all."""
+    return status in WEBHOOK_TYPE_OF_STATUS
+
 
 _SUCCEEDED: Final = text(
     _INSERT.format(
