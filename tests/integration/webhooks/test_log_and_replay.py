@@ -14,6 +14,7 @@ from standardwebhooks import Webhook
 
 from app.db import transaction
 from app.servers import bind, start_server
+from app.webhooks.signing import new_secret
 from tests.conftest import Service
 from tests.helpers import create_task
 from tests.integration.webhooks.conftest import Plan, Receiver, receiver_app
@@ -226,3 +227,24 @@ async def test_an_endpoint_failing_for_five_days_is_disabled_with_its_reason(
     read = (await hooks_api.get(f"/v1/webhook-endpoints/{endpoint['id']}")).json()
     assert read["enabled"] is False
     assert read["disabled_reason"].startswith("failing without a success since")
+
+
+async def test_a_url_refused_at_connect_time_is_never_connected_to(
+    hooks_api: httpx.AsyncClient, webhook_service: Service
+) -> None:
+    """An endpoint whose URL the rule refuses (written past the API) gets failed attempts
+    naming the refusal, each without a status: nothing was sent."""
+    async with transaction(webhook_service.resources.sessions) as session:
+        await session.execute(
+            text(
+                "INSERT INTO webhook_endpoints (id, client, url, event_types, secret) VALUES"
+                " (gen_random_uuid(), 'alpha', 'https://169.254.169.254/latest',"
+                " ARRAY['task.succeeded'], :secret)"
+            ),
+            {"secret": new_secret()},
+        )
+    task = await create_task(hooks_api)
+    [message] = await _until(hooks_api, task["id"], lambda found: found[0]["attempts"])
+    [attempt, *_] = message["attempts"]
+    assert attempt["status_code"] is None
+    assert attempt["error"].startswith("the URL is refused")
