@@ -12,7 +12,7 @@ import procrastinate
 import structlog
 
 from app.jobs import STORE_RESULTS, JobRetry, RetryLater, resources_of
-from app.results.service import store_task_results
+from app.results.copy import store_task_results
 from app.security import callback_token
 
 

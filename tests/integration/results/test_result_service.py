@@ -25,7 +25,7 @@ from sqlalchemy import select
 from app.db import transaction
 from app.models import Task, TaskEvent, TaskResult
 from app.notify import TASK_CHANNEL
-from app.results.service import EXPIRED, NOT_CONFIRMED, StoreReport, store_task_results
+from app.results.copy import EXPIRED, NOT_CONFIRMED, StoreReport, store_task_results
 from app.results.storage import ResultStorage, StorageError
 from app.security import callback_path, callback_token
 from tests.helpers import CALLBACK_SECRET, create_task, wait_for_task
