@@ -11,22 +11,23 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import Any, Final, LiteralString
 
 import httpx
+from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import Select, func, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.db import transaction
+from app.db import DirectUnavailable, fetch_one, transaction
 from app.evolink.client import EvoLinkClient, EvoLinkError
 from app.evolink.schemas import STATUS_COMPLETED, TERMINAL_STATUSES, ProviderTask
 from app.models import Task, TaskEvent, TaskResult
-from app.notify import notify_task_changed
+from app.notify import TASK_CHANNEL, notify_task_changed
 from app.results.fetch import FetchError, fetch_image
 from app.results.storage import ResultStorage, StorageError
 from app.tasks.transitions import result_limit
-from app.vocabulary import EventKind, EventOutcome, ResultStatus, TaskStatus
+from app.vocabulary import EventKind, EventOutcome, ResolvedBy, ResultStatus, TaskStatus
 
 LINK_TTL: Final = timedelta(hours=24)
 # The least wait before asking the provider again when it could not confirm the results.
@@ -39,6 +40,8 @@ EXPIRED: Final = "the provider's link expired before the image could be copied"
 _PENDING = ResultStatus.PENDING
 # Refusals about our account (key, credit), not about the task: they wait for an operator.
 _ABOUT_US: Final = frozenset({401, 402})
+# Completions learnt from EvoLink's answer to our own authenticated call, not a callback.
+_OUR_OWN_CALLS: Final = frozenset({ResolvedBy.POLL, ResolvedBy.SUBMISSION})
 
 
 @dataclass
@@ -89,7 +92,83 @@ class _Target:
     url: str
 
 
+@dataclass(frozen=True)
+class _Facts:
+    """What the first read found: the task's provider id, completion time, result limit,
+    what told us it completed, and its result rows by index (as `_Target`s, with status)."""
+
+    provider_task_id: str
+    finished_at: datetime
+    result_limit: int
+    resolved_by: ResolvedBy | None
+    rows: list[tuple[_Target, ResultStatus]]
+
+    def pending(self) -> list[_Target]:
+        return [target for target, status in self.rows if status == _PENDING]
+
+    def told_by_the_provider(self) -> bool:
+        """Whether the rows came from EvoLink's own answer to our authenticated call (a
+        poll, the create), which a confirming GET would only repeat. A callback's may be
+        forged by anyone holding its URL, and a completion without rows may have left some
+        out: those are confirmed first."""
+        return bool(self.rows) and self.resolved_by in _OUR_OWN_CALLS
+
+
+# The task, and its result rows as parallel arrays by index, in one statement.
+LOAD = """
+SELECT t.status, t.provider_task_id, coalesce(t.finished_at, t.updated_at), t.resolved_by,
+       t.request -> 'n',
+       coalesce(array_agg(r.id ORDER BY r.index) FILTER (WHERE r.id IS NOT NULL), '{}'),
+       coalesce(array_agg(r.index ORDER BY r.index) FILTER (WHERE r.id IS NOT NULL), '{}'),
+       coalesce(array_agg(r.provider_url ORDER BY r.index) FILTER (WHERE r.id IS NOT NULL), '{}'),
+       coalesce(array_agg(r.status ORDER BY r.index) FILTER (WHERE r.id IS NOT NULL), '{}')
+FROM tasks t LEFT JOIN task_results r ON r.task_id = t.id
+WHERE t.id = %(task_id)s
+GROUP BY t.id
+"""
+
+# A stored image recorded, if its row is still pending for the URL that was fetched (a
+# concurrent run may have re-pointed it at another confirmed URL); and the task's waiters
+# notified when no other row is pending. The statement's snapshot still shows this row
+# pending, hence `id <>`.
+STORE = """
+WITH stored AS (
+    UPDATE task_results
+    SET status = %(stored)s, content_type = %(content_type)s, size_bytes = %(size_bytes)s,
+        sha256 = %(sha256)s, width = %(width)s, height = %(height)s,
+        storage_key = %(storage_key)s, stored_at = now(), error = NULL
+    WHERE id = %(row_id)s AND status = %(pending)s AND provider_url = %(url)s
+    RETURNING task_id
+)
+SELECT count(*),
+       CASE WHEN count(*) > 0 AND NOT EXISTS (
+           SELECT 1 FROM task_results
+           WHERE task_id = %(task_id)s AND status = %(pending)s AND id <> %(row_id)s
+       ) THEN pg_notify(%(channel)s, %(task_id)s::text) END
+FROM stored
+"""
+
+
+async def _one(
+    pool: AsyncConnectionPool,
+    sessions: async_sessionmaker[AsyncSession],
+    statement: LiteralString,
+    params: dict[str, Any],
+) -> Any:
+    """Run one statement in a transaction of its own: on the direct pool, or through the
+    engine when the pool cannot (`app.db`). Both statements here are safe to run twice: a
+    read, and an update guarded by the row's pending status."""
+    try:
+        return await fetch_one(pool, statement, params)
+    except DirectUnavailable:
+        pass  # fetch_one logged why; the engine's own errors speak for an outage
+    async with transaction(sessions) as session:
+        connection = await session.connection()
+        return (await connection.exec_driver_sql(statement, params)).first()
+
+
 async def store_task_results(
+    pool: AsyncConnectionPool,
     sessions: async_sessionmaker[AsyncSession],
     evolink: EvoLinkClient,
     storage: ResultStorage,
@@ -103,11 +182,14 @@ async def store_task_results(
 ) -> StoreReport:
     """Copy the pending result images of the completed task `task_id` into `storage`.
 
-    Nothing is downloaded before the provider's `GET /v1/tasks/{id}` confirms it: the rows
-    are first made to match the confirmed result list (a mismatch is kept as an anomaly
-    event), and only confirmed URLs are fetched. A provider that does not say `completed`
-    yet confirms nothing and refutes nothing: the rows stay pending and a retry is asked;
-    one that ended the task otherwise, or no longer knows it, fails them.
+    Nothing is downloaded that EvoLink did not list in an answer to our own call. Rows
+    written from a callback (or a completion without rows) are confirmed first with the
+    provider's `GET /v1/tasks/{id}`: the rows are made to match the confirmed result list
+    (a mismatch is kept as an anomaly event), and only confirmed URLs are fetched. A
+    provider that does not say `completed` yet confirms nothing and refutes nothing: the
+    rows stay pending and a retry is asked; one that ended the task otherwise, or no longer
+    knows it, fails them. Rows written from a poll's or the create's answer came from that
+    same `GET` (or the create) already and are fetched as they are.
 
     Each image is stored under `ResultStorage.key_for(task_id, index, ext)` and its row
     marked `stored`. A permanent failure marks the row `failed`; a retryable one leaves it
@@ -115,64 +197,66 @@ async def store_task_results(
     which it is `failed` too. When no row is left pending, the transaction that settled
     the last one notifies the task's waiters (`app.notify`). No form of `callback_token`
     is kept from the provider's answers.
+
+    The first read and each stored image's record are one statement each on `pool` (the
+    engine's when it cannot run them); the rarer paths go through `sessions`.
     """
     report = StoreReport()
-    facts = await _load(sessions, task_id)
+    facts = await _load(pool, sessions, task_id)
     if facts is None:
         return report
-    provider_task_id, finished_at, limit = facts
     run = _Run(
         task_id,
-        provider_task_id,
-        finished_at,
-        finished_at + link_ttl,
+        facts.provider_task_id,
+        facts.finished_at,
+        facts.finished_at + link_ttl,
         max_bytes,
         allow_loopback,
-        limit,
+        facts.result_limit,
         callback_token,
     )
-    for target in await _confirm(sessions, evolink, run, report):
-        await _store_one(sessions, storage, http, run, target, report)
+    if facts.told_by_the_provider():
+        targets = facts.pending()
+    else:
+        targets = await _confirm(sessions, evolink, run, facts, report)
+    for target in targets:
+        await _store_one(pool, sessions, storage, http, run, target, report)
     return report
 
 
 async def _load(
-    sessions: async_sessionmaker[AsyncSession], task_id: uuid.UUID
-) -> tuple[str, datetime, int] | None:
-    """The task's provider id, completion time and result limit (its n), or None when there
-    is nothing to do."""
-    async with transaction(sessions) as session:
-        row = (
-            await session.execute(
-                select(
-                    Task.status,
-                    Task.provider_task_id,
-                    func.coalesce(Task.finished_at, Task.updated_at),
-                    func.count(TaskResult.id),
-                    func.count(TaskResult.id).filter(TaskResult.status == _PENDING),
-                    Task.request,
-                )
-                .outerjoin(TaskResult, TaskResult.task_id == Task.id)
-                .where(Task.id == task_id)
-                .group_by(Task.id)
-            )
-        ).one_or_none()
+    pool: AsyncConnectionPool, sessions: async_sessionmaker[AsyncSession], task_id: uuid.UUID
+) -> _Facts | None:
+    """What the run needs to know of the task, or None when there is nothing to do."""
+    row = await _one(pool, sessions, LOAD, {"task_id": task_id})
     if row is None:
         return None
-    status, provider_task_id, finished_at, total, pending, request = row
+    status, provider_task_id, finished_at, resolved_by, n, ids, indexes, urls, statuses = row
     if status != TaskStatus.COMPLETED or not provider_task_id:
         return None
+    rows = [
+        (_Target(row_id, index, url), ResultStatus(state))
+        for row_id, index, url, state in zip(ids, indexes, urls, statuses, strict=True)
+    ]
+    facts = _Facts(
+        provider_task_id,
+        finished_at,
+        result_limit({"n": n}),
+        ResolvedBy(resolved_by) if resolved_by is not None else None,
+        rows,
+    )
     # A completed task without result rows is still asked about: the provider may list
     # results that the message which completed the task left out.
-    if total > 0 and pending == 0:
+    if rows and not facts.pending():
         return None
-    return provider_task_id, finished_at, result_limit(request)
+    return facts
 
 
 async def _confirm(
     sessions: async_sessionmaker[AsyncSession],
     evolink: EvoLinkClient,
     run: _Run,
+    facts: _Facts,
     report: StoreReport,
 ) -> list[_Target]:
     """Ask the provider, bring the rows in line with its answer, return what to fetch."""
@@ -213,6 +297,10 @@ async def _confirm(
             sessions, run, f"{why}; results unconfirmed", None, report, observed=observed
         )
         return []
+    if [target.url for target, _ in facts.rows] == confirmed:
+        # The rows as read are the confirmed list, index by index: nothing to bring in line.
+        # Each record is guarded by the row's status and URL, should another run move it.
+        return facts.pending()
     return await _reconcile(sessions, run, observed, confirmed, report)
 
 
@@ -261,6 +349,7 @@ async def _reconcile(
 
 
 async def _store_one(
+    pool: AsyncConnectionPool,
     sessions: async_sessionmaker[AsyncSession],
     storage: ResultStorage,
     http: httpx.AsyncClient,
@@ -282,30 +371,22 @@ async def _store_one(
     except StorageError as exc:
         reason = str(exc)
     else:
-        async with transaction(sessions) as session:
-            done = await session.execute(
-                update(TaskResult)
-                .where(
-                    TaskResult.id == target.row_id,
-                    TaskResult.status == _PENDING,
-                    # A concurrent run may have re-pointed the row at another confirmed URL.
-                    TaskResult.provider_url == target.url,
-                )
-                .values(
-                    status=ResultStatus.STORED,
-                    content_type=image.content_type,
-                    size_bytes=len(image.data),
-                    sha256=image.sha256,
-                    width=image.width,
-                    height=image.height,
-                    storage_key=key,
-                    stored_at=func.now(),
-                    error=None,
-                )
-            )
-            if _count(done):
-                report.stored += 1
-                await _notify_if_settled(session, run.task_id)
+        params = {
+            "row_id": target.row_id,
+            "url": target.url,
+            "task_id": run.task_id,
+            "stored": ResultStatus.STORED.value,
+            "pending": _PENDING.value,
+            "channel": TASK_CHANNEL,
+            "content_type": image.content_type,
+            "size_bytes": len(image.data),
+            "sha256": image.sha256,
+            "width": image.width,
+            "height": image.height,
+            "storage_key": key,
+        }
+        row = await _one(pool, sessions, STORE, params)
+        report.stored += row[0] if row else 0
         return
 
     if run.expired():

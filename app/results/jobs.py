@@ -22,6 +22,7 @@ async def store_results_job(context: procrastinate.JobContext, task_id: str) -> 
     settings = resources.settings
     task = uuid.UUID(task_id)
     report = await store_task_results(
+        resources.pool,
         resources.sessions,
         resources.evolink,
         resources.storage,
