@@ -297,7 +297,7 @@ async def _confirm(
             sessions, run, f"{why}; results unconfirmed", None, report, observed=observed
         )
         return []
-    if [target.url for target, _ in facts.rows] == confirmed:
+    if [(target.index, target.url) for target, _ in facts.rows] == list(enumerate(confirmed)):
         # The rows as read are the confirmed list, index by index: nothing to bring in line.
         # Each record is guarded by the row's status and URL, should another run move it.
         return facts.pending()

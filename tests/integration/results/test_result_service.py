@@ -359,6 +359,34 @@ async def test_missing_rows_are_added_from_the_confirmed_list(
 
 
 @pytest.mark.usefixtures("clean_db")
+async def test_rows_are_matched_to_the_confirmed_list_by_index_not_by_position(
+    service: Service, sim: httpx.AsyncClient, storage: ResultStorage, http: httpx.AsyncClient
+) -> None:
+    """Rows 0 and 2 holding the provider's two URLs in order are not its list: row 1 is
+    added from it, and row 2, which it does not have, fails unconfirmed."""
+    provider = await completed_at_simulator(sim, n=3)
+    real = provider["results"][:2]
+    answer = {**provider, "results": real}
+    await sim.post(
+        "/_sim/faults", json={"endpoint": "get", "status": 200, "body": json.dumps(answer)}
+    )
+    task_id = await record_completed(service, provider, urls=[real[0]])
+    async with transaction(service.resources.sessions) as session:
+        session.add(TaskResult(task_id=task_id, index=2, provider_url=real[1]))
+
+    report = await run(service, storage, http, task_id)
+
+    assert (report.stored, report.failed) == (2, 1)
+    rows = await rows_of(service, task_id)
+    assert [(r.index, r.status, r.provider_url) for r in rows] == [
+        (0, "stored", real[0]),
+        (1, "stored", real[1]),
+        (2, "failed", real[1]),
+    ]
+    assert rows[2].error == NOT_CONFIRMED
+
+
+@pytest.mark.usefixtures("clean_db")
 async def test_a_storage_failure_leaves_the_row_pending_until_a_rerun(
     service: Service, sim: httpx.AsyncClient, http: httpx.AsyncClient, tmp_path: Path
 ) -> None:
