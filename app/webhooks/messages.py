@@ -7,8 +7,9 @@ statement that inserts it, so a committed message never lacks its job.
 - `WRITER_CTE` is the part of the task writer's one statement (`app.tasks.writer`) for
   `task.submitted`, `task.failed` and `task.cancelled`: it reads the writer's `moved` CTE
   and inserts nothing unless the task has just moved into one of those statuses.
-- `make_succeeded` is called by the result copy when it settles a completed task (every
-  result stored or failed), in the transaction that settles it: `task.succeeded`.
+- `task.succeeded` is made by the result copy in the transaction that settles a completed
+  task (every result stored or failed): `STORE_CTE` in its statement that stores the last
+  image, `make_succeeded` where a failure settles it.
 """
 
 from __future__ import annotations
@@ -53,12 +54,12 @@ _WRITER_SOURCE: Final = f"""
     WHERE %(to_status)s::text IN ({", ".join(f"'{s.value}'" for s in WEBHOOK_TYPE_OF_STATUS)})
       AND moved.from_status <> %(to_status)s::text"""  # noqa: S608 - enum values only
 
-# `, webhook_messages AS (...)`: one more CTE for the writer's statement, included only in
+# `, made_messages AS (...)`: one more CTE for the writer's statement, included only in
 # the statements of verdicts that move a task into a status above (`tells`). A
 # data-modifying CTE runs whether or not it is read; when the task did not actually move
 # (a duplicate), its source is empty.
 WRITER_CTE: Final = (
-    ", webhook_messages AS ("
+    ", made_messages AS ("
     + _INSERT.format(
         source=_WRITER_SOURCE, queue=QUEUE, job=DELIVER_WEBHOOK, priority=WEBHOOK_PRIORITY
     )
@@ -71,6 +72,32 @@ def tells(status: TaskStatus | None) -> bool:
     `WRITER_CTE` part of it, so a completion's statement does not carry it at all."""
     return status in WEBHOOK_TYPE_OF_STATUS
 
+
+# `, made_messages AS (...)` for the copy job's statement that records a stored image
+# (`STORE` in `app.results.copy`, whose `stored` CTE and parameters it reads): when that
+# image was the task's last pending one, `task.succeeded` for every recipient, once. The
+# statement's snapshot still shows the stored row pending, hence `r.id <> row_id`. The copy
+# jobs of one task share a procrastinate lock, so no two settle it at once.
+STORE_CTE: Final = (
+    ", made_messages AS ("  # noqa: S608 - enum values only
+    + _INSERT.format(
+        source=f"""
+            SELECT t.id AS task_id, t.client, t.webhook_url,
+                   '{WebhookType.SUCCEEDED.value}'::text AS type
+            FROM (SELECT DISTINCT task_id FROM stored) AS s JOIN tasks t ON t.id = s.task_id
+            WHERE t.status = '{TaskStatus.COMPLETED.value}'
+              AND NOT EXISTS (SELECT 1 FROM task_results r
+                              WHERE r.task_id = t.id AND r.status = %(pending)s
+                                AND r.id <> %(row_id)s)
+              AND NOT EXISTS (SELECT 1 FROM webhook_messages w
+                              WHERE w.task_id = t.id
+                                AND w.type = '{WebhookType.SUCCEEDED.value}')""",  # noqa: S608
+        queue=QUEUE,
+        job=DELIVER_WEBHOOK,
+        priority=WEBHOOK_PRIORITY,
+    )
+    + ")"
+)
 
 _SUCCEEDED: Final = text(
     _INSERT.format(
