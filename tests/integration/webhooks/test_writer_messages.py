@@ -1,5 +1,6 @@
 """The writer's statement makes webhook messages, with their jobs, exactly when a task moves
-into pending, failed or cancelled; any other write makes none. A real Postgres, no worker."""
+into pending, failed or cancelled; any other write makes none; a settled completion makes
+task.succeeded once. A real Postgres, no worker."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ import pytest
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from app.db import create_pool
+from app.db import create_engine, create_pool, create_sessionmaker, transaction
 from app.tasks import writer
 from app.tasks.transitions import TaskState, Verdict
 from app.tasks.writer import Direct, Event
 from app.vocabulary import EventKind, EventOutcome, TaskStatus
+from app.webhooks.messages import make_succeeded
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +132,32 @@ async def test_a_repeated_write_into_the_same_status_makes_no_second_message(
         Direct(pool), task_id, moving_to(TaskStatus.PENDING), Event(EventKind.SYSTEM)
     )
     assert await rows(url, "SELECT id FROM webhook_messages WHERE task_id = %s", task_id) == []
+
+
+async def test_a_settled_completion_makes_task_succeeded_once_and_an_unsettled_one_none(
+    pool: AsyncConnectionPool, private_database_url: str
+) -> None:
+    """`make_succeeded` (the copy's failure paths): only with no result pending, only once."""
+    url = private_database_url
+    await rows(url, "TRUNCATE webhook_endpoints CASCADE")  # only the task's own URL is told
+    task_id = await a_task(url, TaskStatus.COMPLETED.value, "https://own.example.com/hook")
+    await rows(
+        url,
+        "INSERT INTO task_results (task_id, index, provider_url, status) VALUES"
+        " (%s, 0, 'https://r.example.com/0.png', 'pending')",
+        task_id,
+    )
+    engine = create_engine(url, pool_size=1)
+    sessions = create_sessionmaker(engine)
+    try:
+        async with transaction(sessions) as session:
+            await make_succeeded(session, task_id)
+        assert await rows(url, "SELECT id FROM webhook_messages WHERE task_id = %s", task_id) == []
+        await rows(url, "UPDATE task_results SET status = 'failed' WHERE task_id = %s", task_id)
+        for _ in range(2):
+            async with transaction(sessions) as session:
+                await make_succeeded(session, task_id)
+    finally:
+        await engine.dispose()
+    made = await rows(url, "SELECT type, url FROM webhook_messages WHERE task_id = %s", task_id)
+    assert made == [{"type": "task.succeeded", "url": "https://own.example.com/hook"}]
