@@ -27,7 +27,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Final
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -160,6 +160,11 @@ async def _record(
     send: _Send,
     answer: Answer,
 ) -> float | None:
+    """Record the attempt and what it does to the message and its endpoint; the seconds
+    until the next attempt, or None when there is none."""
+    if answer.success:
+        await _record_success(sessions, message_id, send, answer)
+        return None
     async with transaction(sessions) as session:
         message = await session.get(Message, message_id, with_for_update=True)
         if message is None:
@@ -171,33 +176,24 @@ async def _record(
         )
         now = datetime.now(UTC)
         message.round_attempts += 1
-        delay: float | None = None
-        if answer.success:
-            outcome = MessageStatus.DELIVERED.value
-            message.status = MessageStatus.DELIVERED
-            message.delivered_at = now
-            message.last_error = None
+        message.last_error = answer.error or f"HTTP {answer.status_code}"
+        delay = _next_delay(config, message.round_attempts, answer)
+        if answer.status_code == 410:
+            delay = None
             if endpoint is not None:
-                endpoint.failing_since = None
-        else:
-            message.last_error = answer.error or f"HTTP {answer.status_code}"
-            delay = _next_delay(config, message.round_attempts, answer)
-            if answer.status_code == 410:
+                _disable(endpoint, f"answered 410 Gone at {now.isoformat()}")
+        elif endpoint is not None:
+            endpoint.failing_since = endpoint.failing_since or now
+            if now - endpoint.failing_since >= DISABLE_AFTER:
+                since = endpoint.failing_since.isoformat()
+                _disable(endpoint, f"failing without a success since {since}")
                 delay = None
-                if endpoint is not None:
-                    _disable(endpoint, f"answered 410 Gone at {now.isoformat()}")
-            elif endpoint is not None:
-                endpoint.failing_since = endpoint.failing_since or now
-                if now - endpoint.failing_since >= DISABLE_AFTER:
-                    since = endpoint.failing_since.isoformat()
-                    _disable(endpoint, f"failing without a success since {since}")
-                    delay = None
-            if delay is None:
-                message.status = MessageStatus.FAILED
-                outcome = "disabled" if endpoint is not None and not endpoint.enabled else "failed"
-            else:
-                message.next_attempt_at = now + timedelta(seconds=delay)
-                outcome = "retrying"
+        if delay is None:
+            message.status = MessageStatus.FAILED
+            outcome = "disabled" if endpoint is not None and not endpoint.enabled else "failed"
+        else:
+            message.next_attempt_at = now + timedelta(seconds=delay)
+            outcome = "retrying"
         session.add(
             WebhookAttempt(
                 message_id=message_id,
@@ -211,6 +207,45 @@ async def _record(
             )
         )
     return delay
+
+
+# The common case in one statement: the message delivered, its endpoint no longer failing,
+# the attempt recorded. Nothing is written if the message is gone (deleted meanwhile).
+DELIVERED = text(f"""
+WITH message AS (
+    UPDATE webhook_messages
+    SET status = '{MessageStatus.DELIVERED.value}', delivered_at = :now, last_error = NULL,
+        round_attempts = round_attempts + 1
+    WHERE id = :message_id
+    RETURNING id, endpoint_id
+), endpoint AS (
+    UPDATE webhook_endpoints e SET failing_since = NULL
+    FROM message WHERE e.id = message.endpoint_id AND e.failing_since IS NOT NULL
+    RETURNING e.id
+)
+INSERT INTO webhook_attempts
+    (message_id, url, attempted_at, status_code, error, latency_ms, response_body, outcome)
+SELECT message.id, :url, :now, :status_code, NULL, :latency_ms, :response_body,
+       '{MessageStatus.DELIVERED.value}'
+FROM message
+""")  # noqa: S608 - enum values only
+
+
+async def _record_success(
+    sessions: async_sessionmaker[AsyncSession], message_id: uuid.UUID, send: _Send, answer: Answer
+) -> None:
+    async with transaction(sessions) as session:
+        await session.execute(
+            DELIVERED,
+            {
+                "message_id": message_id,
+                "now": datetime.now(UTC),
+                "url": send.url,
+                "status_code": answer.status_code,
+                "latency_ms": answer.latency_ms,
+                "response_body": answer.body,
+            },
+        )
 
 
 def _disable(endpoint: WebhookEndpoint, reason: str) -> None:
