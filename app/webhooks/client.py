@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -98,7 +99,7 @@ async def _send(
     headers: dict[str, str],
     extensions: dict[str, Any],
     seconds: float,
-    elapsed: Any,
+    elapsed: Callable[[], int],
 ) -> Answer:
     headers = {**headers, "Content-Type": "application/json", "User-Agent": "edithook-webhooks"}
     async with http.stream(
