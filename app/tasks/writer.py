@@ -6,8 +6,8 @@ its rule (app.tasks.transitions) for a verdict, and hands the verdict to `write`
 guard derived from that rule. `write` sends ONE statement that locks the row, applies the
 verdict only if the row is still in a guarded state, adds the result rows, enqueues the
 copy job, makes the webhook messages (`app.webhooks.messages`), notifies waiters and
-records the event. When the row changed in between, it
-writes nothing and `settle` reads, judges and writes again.
+records the event. When the row changed in between, it writes nothing and `settle` reads,
+judges and writes again.
 
 The fast paths (a terminal callback, a create's answer) are the same statement with the
 read skipped: the verdict is judged against the state the message implies, and a row in
