@@ -77,7 +77,8 @@ async def truncate(database_url: str) -> None:
         for attempt in range(5):
             try:
                 await conn.execute(
-                    "TRUNCATE tasks, task_events, task_results, webhook_messages, webhook_attempts"
+                    "TRUNCATE tasks, task_events, task_results, webhook_messages,"
+                    " webhook_attempts, webhook_endpoints, webhook_client_secrets"
                 )
                 break
             except psycopg.errors.DeadlockDetected:

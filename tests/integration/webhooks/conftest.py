@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import httpx
-import psycopg
 import pytest
 from fastapi import FastAPI, Request, Response
 
@@ -146,8 +145,6 @@ async def hooks_api(
 ) -> AsyncIterator[httpx.AsyncClient]:
     """A client `alpha` of the webhook tests' service, on emptied tables."""
     await truncate(webhook_database_url)
-    async with await psycopg.AsyncConnection.connect(webhook_database_url, autocommit=True) as conn:
-        await conn.execute("TRUNCATE webhook_endpoints, webhook_client_secrets CASCADE")
     headers = {"Authorization": f"Bearer {ALPHA_KEY}"}
     async with httpx.AsyncClient(
         base_url=webhook_service.url, headers=headers, timeout=30
