@@ -130,12 +130,23 @@ async def test_a_redelivery_sends_the_same_id_and_bytes_again(
 
 
 async def test_failed_messages_are_recovered_since_a_time_once_the_receiver_is_fixed(
-    hooks_api: httpx.AsyncClient, receiver: Receiver
+    hooks_api: httpx.AsyncClient, receiver: Receiver, webhook_service: Service
 ) -> None:
-    """Every attempt 500s until the schedule is spent: failed; recover delivers it, same id."""
+    """Every attempt 500s until the schedule is spent: failed; recover delivers it, same id.
+    A failed message from before `since` stays failed."""
     endpoint = await register(hooks_api, receiver.url + "/broken", event_types=["task.succeeded"])
     receiver.plan("/broken", *[Plan(500)] * 4)
     since = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+    old_task = await create_task(hooks_api, prompt="[sim:hold] edit")
+    async with transaction(webhook_service.resources.sessions) as session:
+        await session.execute(
+            text(
+                "INSERT INTO webhook_messages (id, task_id, client, type, endpoint_id, status,"
+                " created_at) VALUES (gen_random_uuid(), :task, 'alpha', 'task.succeeded',"
+                " :endpoint, 'failed', now() - interval '1 day')"
+            ),
+            {"task": old_task["id"], "endpoint": endpoint["id"]},
+        )
     task = await create_task(hooks_api)
     [failed] = await _until(hooks_api, task["id"], _all("failed"))
     assert len(failed["attempts"]) == 4
@@ -143,7 +154,9 @@ async def test_failed_messages_are_recovered_since_a_time_once_the_receiver_is_f
     page = await hooks_api.get(
         f"/v1/webhook-endpoints/{endpoint['id']}/messages", params={"status": "failed"}
     )
-    assert [m["id"] for m in page.json()["items"]] == [failed["id"]]
+    # Newest first.
+    assert [m["task_id"] for m in page.json()["items"]] == [task["id"], old_task["id"]]
+    assert page.json()["items"][0]["id"] == failed["id"]
     recover = await hooks_api.post(
         f"/v1/webhook-endpoints/{endpoint['id']}/recover", json={"since": since}
     )
@@ -153,6 +166,8 @@ async def test_failed_messages_are_recovered_since_a_time_once_the_receiver_is_f
     assert len(deliveries) == 5
     assert {d.headers["webhook-id"] for d in deliveries} == {failed["id"]}
     verified(endpoint["secret"], deliveries[-1])
+    [older] = await messages(hooks_api, old_task["id"])
+    assert older["status"] == "failed"
 
 
 async def test_a_receiver_down_then_up_gets_the_message(
