@@ -157,6 +157,12 @@ async def test_failed_messages_are_recovered_since_a_time_once_the_receiver_is_f
     # Newest first.
     assert [m["task_id"] for m in page.json()["items"]] == [task["id"], old_task["id"]]
     assert page.json()["items"][0]["id"] == failed["id"]
+    path = f"/v1/webhook-endpoints/{endpoint['id']}/messages"
+    first = (await hooks_api.get(path, params={"limit": 1})).json()
+    second = (await hooks_api.get(path, params={"limit": 1, "cursor": first["next_cursor"]})).json()
+    assert [m["task_id"] for m in first["items"] + second["items"]] == [task["id"], old_task["id"]]
+    assert second["next_cursor"] is None
+    assert (await hooks_api.get(path, params={"cursor": "nonsense"})).status_code == 400
     recover = await hooks_api.post(
         f"/v1/webhook-endpoints/{endpoint['id']}/recover", json={"since": since}
     )
