@@ -126,7 +126,8 @@ async def webhook_service(
         storage_url=str(tmp_path_factory.mktemp("webhook-results")),
         webhook_retry_schedule=SCHEDULE,
         webhook_timeout_seconds=TIMEOUT_SECONDS,
-        db_pool_size=2,
+        # Small pools: this stack runs beside the suite's shared one (API 4·1 + 1, worker 4·1 + 5).
+        db_pool_size=1,
     )
     app = create_app(settings)
     running = await start_server(app, sock=sock)
