@@ -68,6 +68,7 @@ class Options:
     cost_rate: float
     cost_gets: int
     cost_only: bool
+    ingest_only: bool
     smoke: bool
     keep: bool
     out: Path
@@ -105,6 +106,11 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument("--cost-rate", type=float, default=20.0, help="their creations a second")
     parser.add_argument("--cost-gets", type=int, default=2000, help="GETs whose CPU is measured")
     parser.add_argument("--cost-only", action="store_true", help="only the CPU cost phase")
+    parser.add_argument(
+        "--ingest-only",
+        action="store_true",
+        help="only callback ingest and its diagnosis (tasks seeded, no worker)",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds in all")
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     parser.add_argument("--out", type=Path, help="markdown file (bench/results/latest.md)")
@@ -119,7 +125,13 @@ def parse_args(argv: list[str] | None) -> Options:
         args.cost_tasks, args.cost_rate, args.cost_gets = 10, 50.0, 100
     big = None if args.skip_big or args.big_tasks <= args.tasks else args.big_tasks
     default_out = RESULTS_DIR / (
-        "smoke.md" if args.smoke else "cost.md" if args.cost_only else "latest.md"
+        "smoke.md"
+        if args.smoke
+        else "cost.md"
+        if args.cost_only
+        else "ingest.md"
+        if args.ingest_only
+        else "latest.md"
     )
     return Options(
         tasks=args.tasks,
@@ -138,6 +150,7 @@ def parse_args(argv: list[str] | None) -> Options:
         cost_rate=args.cost_rate,
         cost_gets=args.cost_gets,
         cost_only=args.cost_only,
+        ingest_only=args.ingest_only,
         smoke=args.smoke,
         keep=args.keep,
         out=args.out or default_out,
@@ -215,6 +228,8 @@ def run(options: Options, stack: Stack, m: Measurements) -> None:
     run_ingest(stack, m, service_targets, bound_targets, plan, order)
     _step("callback path, statement by statement")
     m.diagnostics += diagnose.callback_breakdown(url, probes)
+    if options.ingest_only:
+        return
     left = database.settle_leftovers(url)
     m.notes.append(f"after ingest: settled leftovers {left}")
     database.vacuum_analyze(url, "tasks", "task_results", "task_events")
@@ -251,7 +266,15 @@ def main(argv: list[str] | None = None) -> int:
     m = Measurements(tasks=options.tasks, big_tasks=options.big_tasks)
     # A name of its own: the run drops any database of its name first, so two runs on the
     # shared server must never share one.
-    kind = "_smoke" if options.smoke else "_cost" if options.cost_only else ""
+    kind = (
+        "_smoke"
+        if options.smoke
+        else "_cost"
+        if options.cost_only
+        else "_ingest"
+        if options.ingest_only
+        else ""
+    )
     name = f"{DATABASE_NAME}{kind}_{secrets.token_hex(3)}"
     if options.keep:
         print(f"the database is {name}; it is kept", flush=True)
