@@ -1,0 +1,149 @@
+"""Following a task as it changes: `Prefer: wait` and the event stream, on shared reads.
+
+Both hold no session while they wait: the API's one LISTEN connection (`app.waiting`) wakes
+them when the task's NOTIFY arrives, and every request of the same client following the task
+in this process then shares one read of it and one rendering of its JSON (`SharedRead`): a
+thousand followers cost one query and one rendering per change, not a thousand of each.
+
+The stream (`GET /v1/tasks/{id}/stream`) sends one `task` event per change and ends once
+the task is settled. Each event's id is the task's version (`version`): the time of its
+latest change and how many of its results are no longer pending, both of which only grow.
+A client that resumes with `Last-Event-ID` gets the current state if its version differs
+from that id, and nothing until the next change if it is the same (docs/decisions.md).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from fastapi import Response
+from sse_starlette import ServerSentEvent
+
+from app.db import transaction
+from app.errors import NotFound
+from app.resources import Resources
+from app.tasks import service
+from app.tasks.schemas import TaskRead
+from app.waiting import TaskWaiter
+
+# The stream waits this long for a change before it checks again (one shared read).
+STREAM_RECHECK_SECONDS = 300.0
+WAIT_HEADERS = ("Preference-Applied", "Edithook-Wait")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def to_read(view: service.TaskView) -> TaskRead:
+    return TaskRead.model_validate(view, from_attributes=True)
+
+
+def version(view: service.TaskView) -> str:
+    """`<updated_at in µs since 1970>.<results no longer pending>`: changes with every change
+    a client can see (every write of the task stamps `updated_at`; a result only ever moves
+    from pending to stored or failed), and never goes back."""
+    stamp = (view.task.updated_at - _EPOCH) // _MICROSECOND
+    return f"{stamp}.{view.result_count - view.pending_count}"
+
+
+@dataclass(frozen=True)
+class SharedRead:
+    """One read of a followed task and its answer, rendered once: every request of the same
+    caller following the task in this process gets this one object after a notification."""
+
+    view: service.TaskView
+    body: bytes
+    version: str
+
+
+async def read_task(resources: Resources, caller: str, task_id: uuid.UUID) -> service.TaskView:
+    """The client's task, in a short transaction of its own (for the named flows)."""
+    async with transaction(resources.sessions) as session:
+        return await service.get_task(session, caller, task_id)
+
+
+def shared(view: service.TaskView) -> SharedRead:
+    return SharedRead(view, to_read(view).model_dump_json().encode(), version(view))
+
+
+def _waiter(resources: Resources) -> TaskWaiter:
+    waiter = resources.waiter
+    assert waiter is not None, "the API opens its resources with a waiter"
+    return waiter
+
+
+def _reader(
+    resources: Resources, caller: str, task_id: uuid.UUID
+) -> Callable[[], Awaitable[SharedRead]]:
+    """This follower's read: one query and one rendering for all the caller's followers."""
+    waiter = _waiter(resources)
+
+    async def read() -> SharedRead:
+        return shared(await read_task(resources, caller, task_id))
+
+    async def read_shared() -> SharedRead:
+        return await waiter.read_once(task_id, caller, read)
+
+    return read_shared
+
+
+async def wait_until_settled(
+    resources: Resources, caller: str, task_id: uuid.UUID, seconds: float, response: Response
+) -> SharedRead:
+    """Hold until the task is settled or `seconds` pass; woken by NOTIFY, not by polling."""
+    latest: list[SharedRead] = []
+    read = _reader(resources, caller, task_id)
+
+    async def settled() -> bool:
+        latest[:] = [await read()]
+        return latest[0].view.settled
+
+    done = await _waiter(resources).wait_until(task_id, settled, seconds)
+    response.headers["Preference-Applied"] = f"wait={seconds:g}"
+    response.headers["Edithook-Wait"] = "settled" if done else "timed-out"
+    if not latest:  # the waiter always checks once; this only guards the type
+        await settled()
+    return latest[-1]
+
+
+async def task_events(
+    resources: Resources,
+    caller: str,
+    first: SharedRead,
+    last_event_id: str | None,
+) -> AsyncIterator[ServerSentEvent]:
+    """The `task` events of the stream, from `first` (read before the answer started) until
+    the task is settled; a state whose version is `last_event_id` is not sent again."""
+    read = _reader(resources, caller, first.view.task.id)
+    sent = last_event_id
+    latest: SharedRead | None = first
+    while latest is not None:
+        if latest.version != sent:
+            sent = latest.version
+            yield ServerSentEvent(data=latest.body.decode(), event="task", id=sent)
+        if latest.view.settled:
+            return
+        latest = await _next_change(_waiter(resources), read, latest.view.task.id, sent)
+
+
+async def _next_change(
+    waiter: TaskWaiter,
+    read: Callable[[], Awaitable[SharedRead]],
+    task_id: uuid.UUID,
+    sent: str | None,
+) -> SharedRead | None:
+    """The task once its version is no longer `sent` (or it is settled); None if it is gone."""
+    found: list[SharedRead] = []
+
+    async def changed() -> bool:
+        found[:] = [await read()]
+        return found[0].version != sent or found[0].view.settled
+
+    try:
+        while not await waiter.wait_until(task_id, changed, STREAM_RECHECK_SECONDS):
+            pass
+    except NotFound:  # deleted: nothing more will come
+        return None
+    return found[0]
