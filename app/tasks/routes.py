@@ -6,8 +6,8 @@ connection across a wait or a call to the provider:
 
 - **create, then wait** (`POST /v1/tasks` with `Prefer: wait`): the task and its job are
   committed first, so the worker can take it while the request waits;
-- **read, then wait** (`GET /v1/tasks/{id}` with `Prefer: wait`): one short read; the wait
-  that follows holds no session, each check is a read of its own;
+- **read, then wait** (`GET /v1/tasks/{id}` with `Prefer: wait`): no session is held while
+  waiting, each check is a short read of its own, shared by the caller's other waiters;
 - **read, then follow** (`GET /v1/tasks/{id}/stream`): the same, for as long as the stream
   lasts (`app.tasks.watching`);
 - **refresh** (`POST /v1/tasks/{id}/refresh`): check the owner, poll the provider (the poll
@@ -36,11 +36,11 @@ from app.tasks import service
 from app.tasks.reconcile import poll_task
 from app.tasks.schemas import EventPage, EventRead, TaskCreate, TaskPage, TaskRead
 from app.tasks.watching import (
-    WAIT_HEADERS,
     read_task,
     shared,
     task_events,
     to_read,
+    wait_headers,
     wait_until_settled,
 )
 from app.vocabulary import EventOutcome, TaskStatus
@@ -113,7 +113,9 @@ async def create_task(
         response.headers["Idempotent-Replayed"] = "true"
     wait = parse_prefer_wait(prefer, maximum=MAX_WAIT_SECONDS)
     if wait:
-        view = (await wait_until_settled(resources, caller, task.id, wait, response)).view
+        shared, settled = await wait_until_settled(resources, caller, task.id, wait)
+        response.headers.update(wait_headers(wait, settled))
+        view = shared.view
     return to_read(view)
 
 
@@ -160,23 +162,17 @@ async def get_task(
     task_id: str,
     caller: CallerDep,
     resources: ResourcesDep,
-    response: Response,
     prefer: PreferHeader = None,
 ) -> TaskRead | Response:
     parsed = parse_task_id(task_id)
-    # Named flow "read, then wait": no session is held while waiting.
-    view = await read_task(resources, caller, parsed)
     wait = parse_prefer_wait(prefer, maximum=MAX_WAIT_SECONDS)
-    if wait and view.settled:
-        # Nothing to wait for, and the preference was still honoured: say so.
-        response.headers["Preference-Applied"] = f"wait={wait:g}"
-        response.headers["Edithook-Wait"] = "settled"
-    elif wait:
-        shared = await wait_until_settled(resources, caller, parsed, wait, response)
-        # The body every waiter of that read shares, rendered once for all of them.
-        headers = {name: response.headers[name] for name in WAIT_HEADERS}
-        return Response(shared.body, media_type="application/json", headers=headers)
-    return to_read(view)
+    if not wait:
+        return to_read(await read_task(resources, caller, parsed))
+    # Named flow "read, then wait": no session is held while waiting. A task settled already
+    # is answered at once, and the preference was still honoured: the headers say so.
+    shared, settled = await wait_until_settled(resources, caller, parsed, wait)
+    # The body every waiter of that read shares, rendered once for all of them.
+    return shared.answer(wait_headers(wait, settled))
 
 
 TASK_EVENT_SCHEMA = {

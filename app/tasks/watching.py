@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from fastapi import Response
@@ -31,7 +31,6 @@ from app.waiting import TaskWaiter
 
 # The stream waits this long for a change before it checks again (one shared read).
 STREAM_RECHECK_SECONDS = 300.0
-WAIT_HEADERS = ("Preference-Applied", "Edithook-Wait")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -48,6 +47,17 @@ def version(view: service.TaskView) -> str:
     return f"{stamp}.{view.result_count - view.pending_count}"
 
 
+class WaitAnswer(Response):
+    """A waiter's answer from a body and header lines already encoded: Starlette's own
+    constructor would encode and check them again for each of a thousand waiters."""
+
+    def __init__(self, body: bytes, raw_headers: list[tuple[bytes, bytes]]) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = body
+        self.raw_headers = raw_headers
+
+
 @dataclass(frozen=True)
 class SharedRead:
     """One read of a followed task and its answer, rendered once: every request of the same
@@ -56,6 +66,31 @@ class SharedRead:
     view: service.TaskView
     body: bytes
     version: str
+    # (Preference-Applied, Edithook-Wait) → the answer's header lines, encoded once.
+    _lines: dict[tuple[str, str], tuple[tuple[bytes, bytes], ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def answer(self, headers: dict[str, str]) -> WaitAnswer:
+        """The JSON answer with `headers` (those of `wait_headers`)."""
+        key = (headers["Preference-Applied"], headers["Edithook-Wait"])
+        lines = self._lines.get(key)
+        if lines is None:
+            lines = self._lines[key] = (
+                *((name.lower().encode(), value.encode()) for name, value in headers.items()),
+                (b"content-length", str(len(self.body)).encode()),
+                (b"content-type", b"application/json"),
+            )
+        # A list of its own: the middleware adds the request's id to it.
+        return WaitAnswer(self.body, list(lines))
+
+
+def wait_headers(seconds: float, settled: bool) -> dict[str, str]:
+    """What a `Prefer: wait` answer says: the preference honoured, and how the wait ended."""
+    return {
+        "Preference-Applied": f"wait={seconds:g}",
+        "Edithook-Wait": "settled" if settled else "timed-out",
+    }
 
 
 async def read_task(resources: Resources, caller: str, task_id: uuid.UUID) -> service.TaskView:
@@ -90,9 +125,12 @@ def _reader(
 
 
 async def wait_until_settled(
-    resources: Resources, caller: str, task_id: uuid.UUID, seconds: float, response: Response
-) -> SharedRead:
-    """Hold until the task is settled or `seconds` pass; woken by NOTIFY, not by polling."""
+    resources: Resources, caller: str, task_id: uuid.UUID, seconds: float
+) -> tuple[SharedRead, bool]:
+    """The task once it is settled (True) or `seconds` have passed (False); woken by NOTIFY,
+    not by polling. The first check is a shared read too: a thousand waiters arriving
+    together cost one query, not a thousand (a task that is not the caller's raises
+    `NotFound` from it)."""
     latest: list[SharedRead] = []
     read = _reader(resources, caller, task_id)
 
@@ -101,11 +139,9 @@ async def wait_until_settled(
         return latest[0].view.settled
 
     done = await _waiter(resources).wait_until(task_id, settled, seconds)
-    response.headers["Preference-Applied"] = f"wait={seconds:g}"
-    response.headers["Edithook-Wait"] = "settled" if done else "timed-out"
     if not latest:  # the waiter always checks once; this only guards the type
         await settled()
-    return latest[-1]
+    return latest[-1], done
 
 
 async def task_events(
