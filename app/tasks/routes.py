@@ -36,8 +36,8 @@ from app.tasks import service
 from app.tasks.reconcile import poll_task
 from app.tasks.schemas import EventPage, EventRead, TaskCreate, TaskPage, TaskRead
 from app.tasks.watching import (
+    read_shared,
     read_task,
-    shared,
     task_events,
     to_read,
     wait_headers,
@@ -238,7 +238,7 @@ async def stream_task(
     parsed = parse_task_id(task_id)
     # Named flow "read, then follow": the first read answers 404 before the stream starts;
     # no session is held while the stream waits.
-    first = shared(await read_task(resources, caller, parsed))
+    first = await read_shared(resources, caller, parsed)
     structlog.contextvars.bind_contextvars(task_id=str(parsed))
     return EventSourceResponse(
         task_events(resources, caller, first, last_event_id),

@@ -99,7 +99,7 @@ async def read_task(resources: Resources, caller: str, task_id: uuid.UUID) -> se
         return await service.get_task(session, caller, task_id)
 
 
-def shared(view: service.TaskView) -> SharedRead:
+def _shared(view: service.TaskView) -> SharedRead:
     return SharedRead(view, to_read(view).model_dump_json().encode(), version(view))
 
 
@@ -116,12 +116,18 @@ def _reader(
     waiter = _waiter(resources)
 
     async def read() -> SharedRead:
-        return shared(await read_task(resources, caller, task_id))
+        return _shared(await read_task(resources, caller, task_id))
 
-    async def read_shared() -> SharedRead:
+    async def read_once() -> SharedRead:
         return await waiter.read_once(task_id, caller, read)
 
-    return read_shared
+    return read_once
+
+
+async def read_shared(resources: Resources, caller: str, task_id: uuid.UUID) -> SharedRead:
+    """The task as the caller's followers of it last read it, or a read of its own: a stream's
+    first event (its first wait then checks again, registered, so no change is missed)."""
+    return await _reader(resources, caller, task_id)()
 
 
 async def wait_until_settled(
