@@ -6,7 +6,7 @@ transaction, so the notification arrives only once the change is committed and v
 A notification wakes every waiter of its task; they share one read of the task
 (`TaskWaiter.read_once`), so a thousand waiters cost one query per notification, not a
 thousand, and other requests do not queue behind them for connections. They are woken, and
-answer, one per turn of the event loop: a thousand answers take a few hundred milliseconds
+answer, two per turn of the event loop: a thousand answers take a few hundred milliseconds
 of the process's time either way, and spread out, other requests are served between them
 rather than after them all.
 """
@@ -37,8 +37,10 @@ T = TypeVar("T")
 # event loop: the rest queue, so that other requests get the loop between them instead of
 # only after all of them. Waiters are woken as the answers go, one turn's worth at a time:
 # a waiter woken into a free turn checks and answers in one step, and one woken into a
-# full turn would only queue (a second step, a future and a callback more for each).
-ANSWERS_PER_TURN = 1
+# full turn would only queue (a second step, a future and a callback more for each). One
+# a turn measured no better than two for other requests on the shared machine, and was
+# slower to answer them all (bench/README.md, "Waiters on one task").
+ANSWERS_PER_TURN = 2
 
 _TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _QUOTED = r'"(?:[^"\\]|\\.)*"'
