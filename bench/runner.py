@@ -132,7 +132,11 @@ def parse_args(argv: list[str] | None) -> Options:
         args.deep_pages, args.flows, args.ingest_rounds = 3, 3, 1
         args.waiters = 50
         args.cost_tasks, args.cost_rate, args.cost_gets = 10, 50.0, 100
-    big = None if args.skip_big or args.big_tasks <= args.tasks else args.big_tasks
+    big = (
+        None
+        if args.skip_big or args.waiters_only or args.big_tasks <= args.tasks
+        else args.big_tasks
+    )
     default_out = RESULTS_DIR / (
         "smoke.md"
         if args.smoke
@@ -318,7 +322,11 @@ def main(argv: list[str] | None = None) -> int:
             m.machine = describe_machine(url)
             m.machine["load average at start"] = _load()
             m.machine["run"] = (
-                f"{short_count(options.tasks)} / "
+                f"{short_count(options.tasks)} tasks, the waiter phase alone:"
+                f" {options.waiters:,} waiters, {options.waiter_rounds} rounds,"
+                f" EDITHOOK_LOG_LEVEL={options.log_level}"
+                if options.waiters_only
+                else f"{short_count(options.tasks)} / "
                 f"{short_count(options.big_tasks) if options.big_tasks else '—'} tasks,"
                 f" {options.duration:g} s per phase after {options.warmup:g} s warm-up,"
                 f" {options.concurrency} connections for ingest in {options.ingest_rounds}"
