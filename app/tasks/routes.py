@@ -32,10 +32,12 @@ from app.db import transaction
 from app.deps import NOT_FOUND, PROBLEM, CallerDep, ResourcesDep, SessionDep, parse_task_id
 from app.errors import Conflict
 from app.models import TaskEvent
+from app.resources import Resources
 from app.tasks import service
 from app.tasks.reconcile import poll_task
 from app.tasks.schemas import EventPage, EventRead, TaskCreate, TaskPage, TaskRead
 from app.tasks.watching import (
+    Watch,
     read_shared,
     read_task,
     task_events,
@@ -71,6 +73,11 @@ def _rfc3339(value: object) -> object:
 
 
 Timestamp = Annotated[datetime, BeforeValidator(_rfc3339)]
+
+
+def _watch(resources: Resources) -> Watch:
+    assert resources.waiter is not None, "the API opens its resources with a waiter"
+    return Watch(resources.sessions, resources.waiter)
 
 
 @router.post(
@@ -113,7 +120,7 @@ async def create_task(
         response.headers["Idempotent-Replayed"] = "true"
     wait = parse_prefer_wait(prefer, maximum=MAX_WAIT_SECONDS)
     if wait:
-        shared, settled = await wait_until_settled(resources, caller, task.id, wait)
+        shared, settled = await wait_until_settled(_watch(resources), caller, task.id, wait)
         response.headers.update(wait_headers(wait, settled))
         view = shared.view
     return to_read(view)
@@ -167,10 +174,10 @@ async def get_task(
     parsed = parse_task_id(task_id)
     wait = parse_prefer_wait(prefer, maximum=MAX_WAIT_SECONDS)
     if not wait:
-        return to_read(await read_task(resources, caller, parsed))
+        return to_read(await read_task(resources.sessions, caller, parsed))
     # Named flow "read, then wait": no session is held while waiting. A task settled already
     # is answered at once, and the preference was still honoured: the headers say so.
-    shared, settled = await wait_until_settled(resources, caller, parsed, wait)
+    shared, settled = await wait_until_settled(_watch(resources), caller, parsed, wait)
     # The body every waiter of that read shares, rendered once for all of them.
     return shared.answer(wait_headers(wait, settled))
 
@@ -238,10 +245,11 @@ async def stream_task(
     parsed = parse_task_id(task_id)
     # Named flow "read, then follow": the first read answers 404 before the stream starts;
     # no session is held while the stream waits.
-    first = await read_shared(resources, caller, parsed)
+    watch = _watch(resources)
+    first = await read_shared(watch, caller, parsed)
     structlog.contextvars.bind_contextvars(task_id=str(parsed))
     return EventSourceResponse(
-        task_events(resources, caller, first, last_event_id),
+        task_events(watch, caller, first, last_event_id),
         ping=resources.settings.stream_keepalive_seconds,
         ping_message_factory=_keep_alive,
     )
@@ -265,10 +273,18 @@ async def refresh_task(task_id: str, caller: CallerDep, resources: ResourcesDep)
     # Named flow "refresh": no transaction is held across the call to the provider.
     async with transaction(resources.sessions) as session:
         await service.require_owned(session, caller, parsed)
-    result = await poll_task(resources, parsed)
+    settings = resources.settings
+    result = await poll_task(
+        resources.pool,
+        resources.sessions,
+        resources.evolink,
+        parsed,
+        callback_secret=settings.callback_secret.get_secret_value(),
+        unknown_timeout_seconds=settings.submit_unknown_timeout_seconds,
+    )
     if result.outcome == EventOutcome.REJECTED:
         raise Conflict("The task has not been accepted by EvoLink yet; nothing to poll.")
-    return to_read(await read_task(resources, caller, parsed))
+    return to_read(await read_task(resources.sessions, caller, parsed))
 
 
 def _event_read(event: TaskEvent) -> EventRead:

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from fastapi import Response
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sse_starlette import ServerSentEvent
 
 from app.db import transaction
 from app.errors import NotFound
-from app.resources import Resources
 from app.tasks import service
 from app.tasks.schemas import TaskRead
 from app.waiting import TaskWaiter
@@ -93,9 +93,11 @@ def wait_headers(seconds: float, settled: bool) -> dict[str, str]:
     }
 
 
-async def read_task(resources: Resources, caller: str, task_id: uuid.UUID) -> service.TaskView:
+async def read_task(
+    sessions: async_sessionmaker[AsyncSession], caller: str, task_id: uuid.UUID
+) -> service.TaskView:
     """The client's task, in a short transaction of its own (for the named flows)."""
-    async with transaction(resources.sessions) as session:
+    async with transaction(sessions) as session:
         return await service.get_task(session, caller, task_id)
 
 
@@ -103,62 +105,61 @@ def _shared(view: service.TaskView) -> SharedRead:
     return SharedRead(view, to_read(view).model_dump_json().encode(), version(view))
 
 
-def _waiter(resources: Resources) -> TaskWaiter:
-    waiter = resources.waiter
-    assert waiter is not None, "the API opens its resources with a waiter"
-    return waiter
+@dataclass(frozen=True)
+class Watch:
+    """What following a task takes: the sessions it is read with and the process's waiter."""
+
+    sessions: async_sessionmaker[AsyncSession]
+    waiter: TaskWaiter
 
 
-def _reader(
-    resources: Resources, caller: str, task_id: uuid.UUID
-) -> Callable[[], Awaitable[SharedRead]]:
+def _reader(watch: Watch, caller: str, task_id: uuid.UUID) -> Callable[[], Awaitable[SharedRead]]:
     """This follower's read: one query and one rendering for all the caller's followers."""
-    waiter = _waiter(resources)
 
     async def read() -> SharedRead:
-        return _shared(await read_task(resources, caller, task_id))
+        return _shared(await read_task(watch.sessions, caller, task_id))
 
     async def read_once() -> SharedRead:
-        return await waiter.read_once(task_id, caller, read)
+        return await watch.waiter.read_once(task_id, caller, read)
 
     return read_once
 
 
-async def read_shared(resources: Resources, caller: str, task_id: uuid.UUID) -> SharedRead:
+async def read_shared(watch: Watch, caller: str, task_id: uuid.UUID) -> SharedRead:
     """The task as the caller's followers of it last read it, or a read of its own: a stream's
     first event (its first wait then checks again, registered, so no change is missed)."""
-    return await _reader(resources, caller, task_id)()
+    return await _reader(watch, caller, task_id)()
 
 
 async def wait_until_settled(
-    resources: Resources, caller: str, task_id: uuid.UUID, seconds: float
+    watch: Watch, caller: str, task_id: uuid.UUID, seconds: float
 ) -> tuple[SharedRead, bool]:
     """The task once it is settled (True) or `seconds` have passed (False); woken by NOTIFY,
     not by polling. The first check is a shared read too: a thousand waiters arriving
     together cost one query, not a thousand (a task that is not the caller's raises
     `NotFound` from it)."""
     latest: list[SharedRead] = []
-    read = _reader(resources, caller, task_id)
+    read = _reader(watch, caller, task_id)
 
     async def settled() -> bool:
         latest[:] = [await read()]
         return latest[0].view.settled
 
-    done = await _waiter(resources).wait_until(task_id, settled, seconds)
+    done = await watch.waiter.wait_until(task_id, settled, seconds)
     if not latest:  # the waiter always checks once; this only guards the type
         await settled()
     return latest[-1], done
 
 
 async def task_events(
-    resources: Resources,
+    watch: Watch,
     caller: str,
     first: SharedRead,
     last_event_id: str | None,
 ) -> AsyncIterator[ServerSentEvent]:
     """The `task` events of the stream, from `first` (read before the answer started) until
     the task is settled; a state whose version is `last_event_id` is not sent again."""
-    read = _reader(resources, caller, first.view.task.id)
+    read = _reader(watch, caller, first.view.task.id)
     sent = last_event_id
     latest: SharedRead | None = first
     while latest is not None:
@@ -167,7 +168,7 @@ async def task_events(
             yield ServerSentEvent(data=latest.body.decode(), event="task", id=sent)
         if latest.view.settled:
             return
-        latest = await _next_change(_waiter(resources), read, latest.view.task.id, sent)
+        latest = await _next_change(watch.waiter, read, latest.view.task.id, sent)
 
 
 async def _next_change(

@@ -22,10 +22,10 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from app.db import transaction
+from app.db import create_pool, transaction
 from app.models import Task, TaskEvent, TaskResult
 from app.notify import TASK_CHANNEL
-from app.results.service import EXPIRED, NOT_CONFIRMED, StoreReport, store_task_results
+from app.results.copy import EXPIRED, NOT_CONFIRMED, StoreReport, store_task_results
 from app.results.storage import ResultStorage, StorageError
 from app.security import callback_path, callback_token
 from tests.helpers import CALLBACK_SECRET, create_task, wait_for_task
@@ -61,8 +61,10 @@ async def record_completed(
     *,
     urls: list[str] | None = None,
     status: str = "completed",
+    resolved_by: str | None = None,
 ) -> uuid.UUID:
-    """Our task for `provider_task`, completed with `urls` (its real results by default)."""
+    """Our task for `provider_task`, completed with `urls` (its real results by default), as
+    if told by `resolved_by` (None: by nothing the copy trusts without asking)."""
     task_id = uuid.uuid4()
     recorded = provider_task.get("results", []) if urls is None else urls
     async with transaction(service.resources.sessions) as session:
@@ -77,6 +79,7 @@ async def record_completed(
                 request_hash="test",
                 provider_task_id=provider_task["id"],
                 finished_at=datetime.now(UTC),
+                resolved_by=resolved_by,
             )
         )
         await session.flush()
@@ -95,8 +98,15 @@ async def run(
     options.setdefault("max_bytes", MAX_BYTES)
     options.setdefault("allow_loopback", True)
     resources = service.resources
+    pool = options.pop("pool", resources.pool)
     return await store_task_results(
-        resources.sessions, resources.evolink, storage, http, uuid.UUID(str(task_id)), **options
+        pool,
+        resources.sessions,
+        resources.evolink,
+        storage,
+        http,
+        uuid.UUID(str(task_id)),
+        **options,
     )
 
 
@@ -199,6 +209,71 @@ async def test_confirmed_results_are_stored_with_size_and_digest(
 
 
 @pytest.mark.usefixtures("clean_db")
+@pytest.mark.parametrize("told_by", ["poll", "submission"])
+async def test_results_from_the_providers_answer_to_our_call_are_not_confirmed_again(
+    service: Service,
+    sim: httpx.AsyncClient,
+    storage: ResultStorage,
+    http: httpx.AsyncClient,
+    listener: psycopg.AsyncConnection[Any],
+    told_by: str,
+) -> None:
+    """A completion learnt from EvoLink's answer to our poll or create listed the results
+    itself: they are fetched without asking EvoLink the same question again."""
+    provider = await completed_at_simulator(sim, n=2)
+    task_id = await record_completed(service, provider, resolved_by=told_by)
+    before = await stats(sim)
+
+    report = await run(service, storage, http, task_id)
+
+    assert report == StoreReport(stored=2, failed=0, pending=0, retry_in=None)
+    after = await stats(sim)
+    assert after["gets"] == before["gets"]
+    assert after["file_downloads"] == before["file_downloads"] + 2
+    rows = await rows_of(service, task_id)
+    assert [(r.status, r.provider_url) for r in rows] == [
+        ("stored", url) for url in provider["results"]
+    ]
+    assert await notified(listener, task_id) == 1
+    assert await events_of(service, task_id) == []
+
+
+@pytest.mark.usefixtures("clean_db")
+async def test_a_poll_completion_without_rows_still_asks_the_provider(
+    service: Service, sim: httpx.AsyncClient, storage: ResultStorage, http: httpx.AsyncClient
+) -> None:
+    """Nothing to fetch as it is: the provider is asked, and the rows it lists are added."""
+    provider = await completed_at_simulator(sim)
+    task_id = await record_completed(service, provider, urls=[], resolved_by="poll")
+    gets = (await stats(sim))["gets"]
+    assert (await run(service, storage, http, task_id)).stored == 1
+    assert (await stats(sim))["gets"] == gets + 1
+
+
+@pytest.mark.usefixtures("clean_db")
+async def test_the_copy_goes_through_the_engine_when_the_direct_pool_cannot(
+    service: Service,
+    sim: httpx.AsyncClient,
+    storage: ResultStorage,
+    http: httpx.AsyncClient,
+    listener: psycopg.AsyncConnection[Any],
+) -> None:
+    """A direct pool with no connection to give: the same reads and records, through the
+    engine's connections."""
+    task_id = await record_completed(service, await completed_at_simulator(sim, n=2))
+    # Nothing listens on port 1: the pool never gets a connection and times out.
+    dead = create_pool("postgresql://edithook@127.0.0.1:1/none", pool_size=1)
+    await dead.open(wait=False)
+    try:
+        report = await run(service, storage, http, task_id, pool=dead)
+    finally:
+        await dead.close()
+    assert report == StoreReport(stored=2, failed=0, pending=0, retry_in=None)
+    assert [r.status for r in await rows_of(service, task_id)] == ["stored", "stored"]
+    assert await notified(listener, task_id) == 1
+
+
+@pytest.mark.usefixtures("clean_db")
 async def test_a_second_run_stores_nothing_new(
     service: Service, sim: httpx.AsyncClient, storage: ResultStorage, http: httpx.AsyncClient
 ) -> None:
@@ -281,6 +356,34 @@ async def test_missing_rows_are_added_from_the_confirmed_list(
     [event] = await events_of(service, task_id)
     assert (event.kind, event.outcome) == ("poll", "anomaly")
     assert "result 1 added" in (event.detail or "")
+
+
+@pytest.mark.usefixtures("clean_db")
+async def test_rows_are_matched_to_the_confirmed_list_by_index_not_by_position(
+    service: Service, sim: httpx.AsyncClient, storage: ResultStorage, http: httpx.AsyncClient
+) -> None:
+    """Rows 0 and 2 holding the provider's two URLs in order are not its list: row 1 is
+    added from it, and row 2, which it does not have, fails unconfirmed."""
+    provider = await completed_at_simulator(sim, n=3)
+    real = provider["results"][:2]
+    answer = {**provider, "results": real}
+    await sim.post(
+        "/_sim/faults", json={"endpoint": "get", "status": 200, "body": json.dumps(answer)}
+    )
+    task_id = await record_completed(service, provider, urls=[real[0]])
+    async with transaction(service.resources.sessions) as session:
+        session.add(TaskResult(task_id=task_id, index=2, provider_url=real[1]))
+
+    report = await run(service, storage, http, task_id)
+
+    assert (report.stored, report.failed) == (2, 1)
+    rows = await rows_of(service, task_id)
+    assert [(r.index, r.status, r.provider_url) for r in rows] == [
+        (0, "stored", real[0]),
+        (1, "stored", real[1]),
+        (2, "failed", real[1]),
+    ]
+    assert rows[2].error == NOT_CONFIRMED
 
 
 @pytest.mark.usefixtures("clean_db")
