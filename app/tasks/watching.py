@@ -7,7 +7,7 @@ thousand followers cost one query and one rendering per change, not a thousand o
 
 The stream (`GET /v1/tasks/{id}/stream`) sends one `task` event per change and ends once
 the task is settled. Each event's id is the task's version (`version`): the time of its
-latest change and how many of its results are no longer pending, both of which only grow.
+latest change and how many of its results are no longer pending, both of which grow.
 A client that resumes with `Last-Event-ID` gets the current state if its version differs
 from that id, and nothing until the next change if it is the same (docs/decisions.md).
 """
@@ -42,7 +42,8 @@ def to_read(view: service.TaskView) -> TaskRead:
 def version(view: service.TaskView) -> str:
     """`<updated_at in µs since 1970>.<results no longer pending>`: changes with every change
     a client can see (every write of the task stamps `updated_at`; a result only ever moves
-    from pending to stored or failed), and never goes back."""
+    from pending to stored or failed), and grows as the task moves on. Resuming compares it
+    for equality, not order: two writes may be stamped out of order (docs/decisions.md)."""
     stamp = (view.task.updated_at - _EPOCH) // _MICROSECOND
     return f"{stamp}.{view.result_count - view.pending_count}"
 
