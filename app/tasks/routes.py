@@ -23,6 +23,7 @@ import re
 from datetime import datetime
 from typing import Annotated
 
+import anyio
 import structlog
 from fastapi import APIRouter, Header, Query, Response
 from pydantic import BeforeValidator
@@ -51,6 +52,7 @@ from app.waiting import parse_prefer_wait
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 
 MAX_WAIT_SECONDS = 60.0
+STREAM_SHUTDOWN_GRACE_SECONDS = 2.0
 PreferHeader = Annotated[
     str | None,
     Header(
@@ -248,10 +250,15 @@ async def stream_task(
     watch = _watch(resources)
     first = await read_shared(watch, caller, parsed)
     structlog.contextvars.bind_contextvars(task_id=str(parsed))
+    # On shutdown the library sets `stopping` and gives the stream a moment to end cleanly
+    # before it cuts it.
+    stopping = anyio.Event()
     return EventSourceResponse(
-        task_events(watch, caller, first, last_event_id),
+        task_events(watch, caller, first, last_event_id, stopping),
         ping=resources.settings.stream_keepalive_seconds,
         ping_message_factory=_keep_alive,
+        shutdown_event=stopping,
+        shutdown_grace_period=STREAM_SHUTDOWN_GRACE_SECONDS,
     )
 
 

@@ -14,11 +14,13 @@ from that id, and nothing until the next change if it is the same (docs/decision
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import anyio
 from fastapi import Response
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sse_starlette import ServerSentEvent
@@ -157,9 +159,12 @@ async def task_events(
     caller: str,
     first: SharedRead,
     last_event_id: str | None,
+    stopping: anyio.Event,
 ) -> AsyncIterator[ServerSentEvent]:
     """The `task` events of the stream, from `first` (read before the answer started) until
-    the task is settled; a state whose version is `last_event_id` is not sent again."""
+    the task is settled, or until `stopping` is set (the server is shutting down: the stream
+    ends cleanly and the client resumes elsewhere); a state whose version is `last_event_id`
+    is not sent again."""
     read = _reader(watch, caller, first.view.task.id)
     sent = last_event_id
     latest: SharedRead | None = first
@@ -169,7 +174,16 @@ async def task_events(
             yield ServerSentEvent(data=latest.body.decode(), event="task", id=sent)
         if latest.view.settled:
             return
-        latest = await _next_change(watch.waiter, read, latest.view.task.id, sent)
+        change = asyncio.ensure_future(_next_change(watch.waiter, read, latest.view.task.id, sent))
+        stop = asyncio.ensure_future(stopping.wait())
+        try:
+            await asyncio.wait((change, stop), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in (change, stop):
+                waiting.cancel()
+        if not change.done() or change.cancelled():
+            return
+        latest = change.result()
 
 
 async def _next_change(
