@@ -230,7 +230,11 @@ def _print_banner(settings: Settings, api_url: str, database_url: str, data_dir:
         f"Try:\n"
         f"  curl -s -X POST {api_url}/v1/tasks -H 'Authorization: Bearer {key}' \\\n"
         f"    -H 'Content-Type: application/json' -H 'Prefer: wait=10' \\\n"
-        f'    -d \'{{"prompt": "make it snow", "image_urls": ["https://example.com/in.png"]}}\'\n',
+        f'    -d \'{{"prompt": "make it snow", "image_urls": ["https://example.com/in.png"]}}\'\n'
+        f"Be told by signed webhooks (development lets them reach a receiver on loopback):\n"
+        f"  curl -s -X POST {api_url}/v1/webhook-endpoints -H 'Authorization: Bearer {key}' \\\n"
+        f"    -H 'Content-Type: application/json' \\\n"
+        f'    -d \'{{"url": "http://127.0.0.1:9000/edithook"}}\'   (its secret is shown once)\n',
         flush=True,
     )
 

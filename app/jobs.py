@@ -30,6 +30,14 @@ STORE_RESULTS = "store_results"
 RECONCILE = "reconcile"
 SWEEP = "sweep"
 PRUNE = "prune"
+DELIVER_WEBHOOK = "deliver_webhook"
+RECOVER_WEBHOOKS = "recover_webhooks"
+SWEEP_WEBHOOKS = "sweep_webhooks"
+
+# Webhook deliveries yield to the task pipeline: a worker takes a submission or a result
+# copy before any delivery that is due (procrastinate fetches the highest priority first),
+# so a fan-out to many endpoints, or many failing ones, never delays the edits themselves.
+WEBHOOK_PRIORITY = -1
 
 # Job names are stored in procrastinate's rows and matched by SQL (the sweeper, enqueue):
 # they are a contract with the database, kept exactly as they are.
@@ -71,12 +79,13 @@ async def enqueue(
     *,
     lock: str | None = None,
     scheduled_at: datetime | None = None,
+    priority: int = 0,
 ) -> None:
     """Add a job in the session's transaction, through procrastinate's own SQL function."""
     await session.execute(
         text(
-            "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW(:queue, :task_name, 0, :lock, NULL,"
-            " CAST(:args AS jsonb), :scheduled_at)::procrastinate_job_to_defer_v1])"
+            "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW(:queue, :task_name, :priority, :lock,"
+            " NULL, CAST(:args AS jsonb), :scheduled_at)::procrastinate_job_to_defer_v1])"
         ),
         {
             "queue": QUEUE,
@@ -84,5 +93,6 @@ async def enqueue(
             "lock": lock,
             "args": json.dumps(args),
             "scheduled_at": scheduled_at,
+            "priority": priority,
         },
     )

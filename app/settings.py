@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.urls import is_loopback_host
+from app.urls import AllowedHosts, UrlRefused, is_loopback_host
 
 EVOLINK_BASE_URL = "https://api.evolink.ai"
 MIN_SECRET_LENGTH = 32
@@ -17,6 +17,29 @@ MIN_SECRET_LENGTH = 32
 # domains, so that an unedited copy of it is refused rather than run with published secrets.
 PLACEHOLDER_MARKERS = ("replace-with", "change-me", "your-")
 PLACEHOLDER_DOMAINS = ("example.com", "example.org", "example.net")
+
+
+DEFAULT_WEBHOOK_SCHEDULE = "5s,5m,30m,2h,5h,10h,14h,20h,24h"
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_schedule(raw: str) -> list[float]:
+    """`5s,5m,2h` (units ms, s, m, h, d) as seconds; ValueError naming the bad entry."""
+    delays: list[float] = []
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        number = item.rstrip("mshd")
+        unit = item[len(number) :] or "s"
+        try:
+            value = float(number)
+        except ValueError:
+            raise ValueError(f"{item!r} is not a duration like 5s, 5m or 2h") from None
+        if unit not in _UNITS or not 0 <= value < float("inf"):
+            raise ValueError(f"{item!r} is not a duration like 5s, 5m or 2h")
+        delays.append(value * _UNITS[unit])
+    return delays
 
 
 class ConfigError(Exception):
@@ -97,6 +120,36 @@ class Settings(BaseSettings):
     result_link_ttl_hours: float = Field(default=24.0, gt=0)
     event_retention_days: int = Field(default=30, ge=1)
     worker_concurrency: int = Field(default=4, ge=1, le=64)
+    # Webhooks to callers: private hosts they may reach (names, `*.suffix`, CIDRs), the
+    # delays between attempts (Standard Webhooks' schedule; each with jitter), the timeout.
+    webhook_allowed_hosts: str = ""
+    webhook_retry_schedule: str = DEFAULT_WEBHOOK_SCHEDULE
+    webhook_timeout_seconds: float = Field(default=15.0, gt=0, le=60)
+
+    @field_validator("webhook_allowed_hosts")
+    @classmethod
+    def _allowed_hosts(cls, value: str) -> str:
+        try:
+            AllowedHosts.parse(value)
+        except UrlRefused as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @property
+    def webhook_hosts(self) -> AllowedHosts:
+        return AllowedHosts.parse(self.webhook_allowed_hosts)
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        parse_schedule(value)  # ValueError names the bad entry
+        return value
+
+    @property
+    def webhook_schedule(self) -> list[float]:
+        """The delays after each failed attempt, in seconds."""
+        return parse_schedule(self.webhook_retry_schedule)
+
     # A comment on every idle `GET /v1/tasks/{id}/stream` this often, so proxies keep it open.
     stream_keepalive_seconds: float = Field(default=15.0, gt=0)
 

@@ -310,3 +310,74 @@ def _name_refusal(name: str, *, allow_loopback: bool) -> str | None:
         # A resolver completes a single label with its search domains: an internal host.
         return "single-label name"
     return None
+
+
+# Always refused for callers' webhooks, whatever the operator allows: link-local (where
+# cloud metadata services answer) and the metadata addresses outside it.
+_NEVER: Final = tuple(
+    ipaddress.ip_network(network)
+    for network in (
+        "169.254.0.0/16",
+        "fe80::/10",
+        "100.100.100.200/32",  # Alibaba Cloud's metadata service
+        "fd00:ec2::254/128",  # AWS's metadata service over IPv6
+    )
+)
+_METADATA_NAMES: Final = ("metadata.google.internal", "metadata.goog", "metadata")
+
+
+def never_allowed(address: IPAddress) -> bool:
+    """True for link-local and cloud-metadata addresses (IPv4-mapped forms included)."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in _NEVER)
+
+
+@dataclass(frozen=True)
+class AllowedHosts:
+    """The private hosts an operator lets webhooks reach: names, `*.suffix` patterns, CIDRs."""
+
+    names: frozenset[str] = frozenset()
+    suffixes: tuple[str, ...] = ()
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    @classmethod
+    def parse(cls, raw: str) -> AllowedHosts:
+        """`hooks.corp, *.svc.cluster.local, 10.20.0.0/16`; UrlRefused naming a bad entry."""
+        names: set[str] = set()
+        suffixes: list[str] = []
+        networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for item in (part.strip() for part in raw.split(",")):
+            if not item:
+                continue
+            if "/" in item or _looks_like_address(item):
+                try:
+                    networks.append(ipaddress.ip_network(item, strict=False))
+                except ValueError:
+                    raise UrlRefused(f"{item!r} is not a valid CIDR or address") from None
+                continue
+            wildcard = item.startswith("*.")
+            host = normalise_host(item[2:] if wildcard else item)
+            if not isinstance(host, str):
+                networks.append(ipaddress.ip_network(host))
+            elif wildcard:
+                suffixes.append(host)
+            else:
+                names.add(host)
+        return cls(frozenset(names), tuple(suffixes), tuple(networks))
+
+    def name_allowed(self, name: str) -> bool:
+        if name in _METADATA_NAMES:
+            return False
+        return name in self.names or any(name.endswith("." + s) for s in self.suffixes)
+
+    def address_listed(self, address: IPAddress) -> bool:
+        return any(address in network for network in self.networks)
+
+
+def _looks_like_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True

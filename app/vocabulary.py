@@ -90,3 +90,29 @@ MAX_RESULTS = 6
 def sql_list(values: frozenset[StrEnum] | type[StrEnum]) -> str:
     """`values` as an SQL list of string literals, sorted: `'a', 'b'` (enum values only)."""
     return ", ".join(sorted(f"'{value.value}'" for value in values))
+
+
+class WebhookType(StrEnum):
+    """The events a caller can be told about (Standard Webhooks message `type`)."""
+
+    SUBMITTED = "task.submitted"  # EvoLink accepted it: the task moved to pending
+    SUCCEEDED = "task.succeeded"  # completed, and every result stored or failed
+    FAILED = "task.failed"
+    CANCELLED = "task.cancelled"
+
+
+# The task status whose arrival makes a message of that type (task.succeeded is made when
+# the completed task's results are settled, not by the move itself).
+WEBHOOK_TYPE_OF_STATUS = {
+    TaskStatus.PENDING: WebhookType.SUBMITTED,
+    TaskStatus.FAILED: WebhookType.FAILED,
+    TaskStatus.CANCELLED: WebhookType.CANCELLED,
+}
+
+
+class MessageStatus(StrEnum):
+    """Where a webhook message stands: still to deliver, delivered, or given up on."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"

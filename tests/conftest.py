@@ -76,7 +76,10 @@ async def truncate(database_url: str) -> None:
         # The in-process worker may still be finishing the previous test's jobs.
         for attempt in range(5):
             try:
-                await conn.execute("TRUNCATE tasks, task_events, task_results")
+                await conn.execute(
+                    "TRUNCATE tasks, task_events, task_results, webhook_messages,"
+                    " webhook_attempts, webhook_endpoints, webhook_client_secrets"
+                )
                 break
             except psycopg.errors.DeadlockDetected:
                 await asyncio.sleep(0.1 * (attempt + 1))

@@ -1,5 +1,19 @@
 """The ORM models; importing this package registers every table on `Base.metadata`."""
 
 from app.models.task import Task, TaskEvent, TaskResult
+from app.models.webhook import (
+    WebhookAttempt,
+    WebhookClientSecret,
+    WebhookEndpoint,
+    WebhookMessage,
+)
 
-__all__ = ["Task", "TaskEvent", "TaskResult"]
+__all__ = [
+    "Task",
+    "TaskEvent",
+    "TaskResult",
+    "WebhookAttempt",
+    "WebhookClientSecret",
+    "WebhookEndpoint",
+    "WebhookMessage",
+]

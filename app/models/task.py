@@ -93,6 +93,8 @@ class Task(Base):
     )
     submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Where this task's events are sent (besides the client's endpoints); None: nowhere.
+    webhook_url: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         CheckConstraint(_one_of("status", TaskStatus), name="status"),

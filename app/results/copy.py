@@ -28,6 +28,7 @@ from app.results.fetch import FetchError, fetch_image
 from app.results.storage import ResultStorage, StorageError
 from app.tasks.transitions import result_limit
 from app.vocabulary import EventKind, EventOutcome, ResolvedBy, ResultStatus, TaskStatus
+from app.webhooks import messages as webhook_messages
 
 LINK_TTL: Final = timedelta(hours=24)
 # The least wait before asking the provider again when it could not confirm the results.
@@ -131,7 +132,9 @@ GROUP BY t.id
 # concurrent run may have re-pointed it at another confirmed URL); and the task's waiters
 # notified when no other row is pending. The statement's snapshot still shows this row
 # pending, hence `id <>`.
-STORE = """
+# The webhook CTE (`app.webhooks.messages`) is made from enum values only.
+STORE = (
+    """
 WITH stored AS (
     UPDATE task_results
     SET status = %(stored)s, content_type = %(content_type)s, size_bytes = %(size_bytes)s,
@@ -139,7 +142,9 @@ WITH stored AS (
         storage_key = %(storage_key)s, stored_at = now(), error = NULL
     WHERE id = %(row_id)s AND status = %(pending)s AND provider_url = %(url)s
     RETURNING task_id
-)
+)"""  # noqa: S608
+    + webhook_messages.STORE_CTE
+    + """
 SELECT count(*),
        CASE WHEN count(*) > 0 AND NOT EXISTS (
            SELECT 1 FROM task_results
@@ -147,6 +152,7 @@ SELECT count(*),
        ) THEN pg_notify(%(channel)s, %(task_id)s::text) END
 FROM stored
 """
+)
 
 
 async def _one(
@@ -345,6 +351,7 @@ async def _reconcile(
         pending = [row for row in await _results(session, run.task_id) if row.status == _PENDING]
         if report.failed and not pending:
             await notify_task_changed(session, run.task_id)
+            await webhook_messages.make_succeeded(session, run.task_id)
     return [_Target(row.id, row.index, row.provider_url) for row in pending]
 
 
@@ -500,3 +507,4 @@ async def _notify_if_settled(session: AsyncSession, task_id: uuid.UUID) -> None:
     """Wake the task's waiters if none of its results is pending any more (sent at commit)."""
     if not await session.scalar(_pending_count(task_id)):
         await notify_task_changed(session, task_id)
+        await webhook_messages.make_succeeded(session, task_id)

@@ -48,6 +48,7 @@ from app.tasks.watching import (
 )
 from app.vocabulary import EventOutcome, TaskStatus
 from app.waiting import parse_prefer_wait
+from app.webhooks.targets import check_webhook_url
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 
@@ -108,6 +109,8 @@ async def create_task(
     ] = None,
     prefer: PreferHeader = None,
 ) -> TaskRead:
+    if body.webhook_url is not None:
+        check_webhook_url(resources.settings, body.webhook_url, field="webhook_url")
     # Named flow "create, then wait": committed before any waiting (see the module's doc).
     async with transaction(resources.sessions) as session:
         task, created = await service.create_task(session, caller, body, idempotency_key)

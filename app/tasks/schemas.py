@@ -69,6 +69,7 @@ SIZE_SCHEMA: dict[str, Any] = {"pattern": f"^{_SIDE}x{_SIDE}$"}
 NO_NUL = "^[^\\u0000]*$"
 PROMPT_SCHEMA: dict[str, Any] = {"format": "visible-text"}
 IMAGE_URL_SCHEMA: dict[str, Any] = {"format": "public-https-url", "maxLength": URL_MAX}
+WEBHOOK_URL_SCHEMA: dict[str, Any] = {"format": "public-https-url"}
 METADATA_SCHEMA: dict[str, Any] = {
     "maxProperties": METADATA_MAX_KEYS,
     "propertyNames": {"pattern": "^[A-Za-z0-9_.\\-]{1,64}$"},
@@ -174,6 +175,15 @@ class TaskCreate(BaseModel):
         description="Up to 20 string pairs of your own; keys 1–64 of [A-Za-z0-9_.-], values ≤ 500.",
         json_schema_extra=METADATA_SCHEMA,
     )
+    webhook_url: StrictStr | None = Field(
+        default=None,
+        max_length=URL_MAX,
+        description=(
+            "Where this task's events are sent too, signed with the client's own secret "
+            "(`GET /v1/webhook-secret`); the same rule as webhook endpoints' URLs."
+        ),
+        json_schema_extra=WEBHOOK_URL_SCHEMA,
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -233,7 +243,7 @@ class TaskCreate(BaseModel):
 
     def provider_request(self) -> dict[str, Any]:
         """The edit in the provider's field names, without unset optional fields."""
-        return self.model_dump(exclude={"metadata"}, exclude_none=True)
+        return self.model_dump(exclude={"metadata", "webhook_url"}, exclude_none=True)
 
 
 class TaskError(BaseModel):
@@ -268,6 +278,7 @@ EXAMPLE_TASK: dict[str, Any] = {
     "updated_at": "2026-11-24T05:14:58.120931Z",
     "submitted_at": "2026-11-24T05:14:45.003965Z",
     "finished_at": "2026-11-24T05:14:57.870114Z",
+    "webhook_url": None,
     "links": {
         "self": "/v1/tasks/6f1c5a34-9a0e-4b7e-8f43-2b1d1c0e9a51",
         "results": "/v1/tasks/6f1c5a34-9a0e-4b7e-8f43-2b1d1c0e9a51/results",
@@ -305,6 +316,7 @@ class TaskRead(BaseModel):
     updated_at: datetime
     submitted_at: datetime | None
     finished_at: datetime | None
+    webhook_url: str | None = Field(description="Where this task's events are sent too.")
     links: TaskLinks
 
 

@@ -127,6 +127,7 @@ async def create_task(
         "metadata_": body.metadata,
         "idempotency_key": idempotency_key,
         "request_hash": digest,
+        "webhook_url": body.webhook_url,
     }
     statement = insert(Task).values(values)
     if idempotency_key is not None:

@@ -5,8 +5,9 @@ answer, a failed create, the system's time limits — reads the task (without a 
 its rule (app.tasks.transitions) for a verdict, and hands the verdict to `write` with the
 guard derived from that rule. `write` sends ONE statement that locks the row, applies the
 verdict only if the row is still in a guarded state, adds the result rows, enqueues the
-copy job, notifies waiters and records the event. When the row changed in between, it
-writes nothing and `settle` reads, judges and writes again.
+copy job, makes the webhook messages (`app.webhooks.messages`), notifies waiters and
+records the event. When the row changed in between, it writes nothing and `settle` reads,
+judges and writes again.
 
 The fast paths (a terminal callback, a create's answer) are the same statement with the
 read skipped: the verdict is judged against the state the message implies, and a row in
@@ -37,6 +38,7 @@ from app.jobs import QUEUE, STORE_RESULTS
 from app.notify import TASK_CHANNEL
 from app.tasks.transitions import Guard, Rule, TaskState, Verdict, guard_for
 from app.vocabulary import EventKind, EventOutcome, ResultStatus, TaskStatus
+from app.webhooks import messages as webhook_messages
 
 # The task columns a verdict may set.
 CHANGEABLE = frozenset(
@@ -128,7 +130,7 @@ WITH prior AS (
     SELECT prior.id, prior.status,
            CASE WHEN {guard_a} THEN 1{arm_b} END AS arm
     FROM prior
-){moved}{results}{side_effects}, event AS (
+){moved}{results}{side_effects}{webhooks}, event AS (
     INSERT INTO task_events
         (task_id, kind, outcome, from_status, to_status, provider_status, detail, body, headers)
     SELECT hit.id, %(kind)s, {outcome},
@@ -189,15 +191,17 @@ def statement_for(
     *,
     results: bool = False,
     completes: bool = False,
+    tells: bool = False,
 ) -> LiteralString:
     """The statement that sets `columns` (names from CHANGEABLE) and does `bookkeeping`
     (names from BOOKKEEPING) on a task whose row holds a guard of shape `guard`, else
     records an event-only verdict when it holds one of shape `otherwise`. With `results`,
-    it adds the result rows listed; with `completes`, the copy job of a task it completes."""
+    it adds the result rows listed; with `completes`, the copy job of a task it completes;
+    with `tells`, the webhook messages of a move into the verdict's status."""
     unknown = (columns - CHANGEABLE) | (bookkeeping - BOOKKEEPING.keys())
     if unknown:
         raise ValueError(f"the writer cannot change {sorted(unknown)}")
-    if (results or completes) and not columns:
+    if (results or completes or tells) and not columns:
         raise ValueError("only a verdict that changes the task adds results or a copy job")
     parts = [ASSIGNMENTS.get(column, f"{column} = %(set_{column})s") for column in sorted(columns)]
     if columns:
@@ -230,6 +234,7 @@ def statement_for(
         if otherwise is None
         else "CASE hit.arm WHEN 1 THEN %(a_detail)s ELSE %(b_detail)s END",
         effects="(SELECT count(*) FROM side_effects)" if columns else "0",
+        webhooks=webhook_messages.WRITER_CTE if tells else "",
     )
 
 
@@ -345,6 +350,7 @@ def prepare(
         alternative,
         results=bool(verdict.result_urls),
         completes=verdict.to_status == TaskStatus.COMPLETED and bool(columns),
+        tells=webhook_messages.tells(verdict.to_status) and bool(columns),
     )
     return statement, params
 

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from app.jobs import PRUNE, RECONCILE, STORE_RESULTS, SUBMIT_TASK, SWEEP
+from app.jobs import (
+    DELIVER_WEBHOOK,
+    PRUNE,
+    RECONCILE,
+    RECOVER_WEBHOOKS,
+    STORE_RESULTS,
+    SUBMIT_TASK,
+    SWEEP,
+    SWEEP_WEBHOOKS,
+)
 from app.worker import create_job_app
 
 URL = "postgresql://nobody@127.0.0.1:9/none"
@@ -13,9 +22,18 @@ def test_every_job_runs_under_the_name_the_database_stores() -> None:
     job_app = create_job_app(URL)
     # procrastinate's own job is there twice, under its name and its alias.
     ours = {name for name in job_app.tasks if "procrastinate." not in name}
-    assert ours == {SUBMIT_TASK, STORE_RESULTS, RECONCILE, SWEEP, PRUNE}
+    assert ours == {
+        SUBMIT_TASK,
+        STORE_RESULTS,
+        RECONCILE,
+        SWEEP,
+        PRUNE,
+        DELIVER_WEBHOOK,
+        RECOVER_WEBHOOKS,
+        SWEEP_WEBHOOKS,
+    }
     periodic = {task.task.name for task in job_app.periodic_registry.periodic_tasks.values()}
-    assert periodic == {RECONCILE, SWEEP, PRUNE}
+    assert periodic == {RECONCILE, SWEEP, PRUNE, SWEEP_WEBHOOKS}
 
 
 def test_two_apps_in_one_process_keep_their_own_jobs() -> None:

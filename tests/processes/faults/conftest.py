@@ -38,7 +38,9 @@ def fault_db(admin_url: str) -> Iterator[str]:
 async def db(fault_db: str) -> str:
     """The fault database, emptied of tasks, jobs and workers left by an earlier test."""
     async with await psycopg.AsyncConnection.connect(fault_db, autocommit=True) as conn:
-        await conn.execute("TRUNCATE tasks, task_events, task_results")
+        await conn.execute(
+            "TRUNCATE tasks, task_events, task_results, webhook_messages, webhook_attempts"
+        )
         await conn.execute("DELETE FROM procrastinate_jobs")
         await conn.execute("DELETE FROM procrastinate_workers")
     return fault_db

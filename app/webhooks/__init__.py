@@ -1,0 +1,1 @@
+"""Signed webhooks to callers: endpoints, secrets, messages, delivery, the log and replay."""
