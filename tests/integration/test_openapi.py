@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from tests.helpers import ALPHA_KEY, VALID_EDIT
+from tests.helpers import VALID_EDIT
 
 if TYPE_CHECKING:
-    from tests.conftest import Service
+    from tests.conftest import Caller, Service
 
 PROBLEM_REFS = {"#/components/schemas/Problem", "#/components/schemas/ValidationProblem"}
 
@@ -87,7 +87,7 @@ async def test_listing_bounds_are_rfc_3339_date_times_with_an_offset(
         assert (created["id"] in ids) is listed, value
 
 
-async def test_a_bounded_schemathesis_run_finds_nothing(service: Service, clean_db: None) -> None:
+async def test_a_bounded_schemathesis_run_finds_nothing(service: Service, caller: Caller) -> None:
     """Every check of schemathesis, over every phase, against the live service: no failure."""
     st = Path(sys.executable).parent / "st"
     env = {
@@ -102,7 +102,7 @@ async def test_a_bounded_schemathesis_run_finds_nothing(service: Service, clean_
         "run",
         f"{service.url}/openapi.json",
         "--header",
-        f"Authorization: Bearer {ALPHA_KEY}",
+        f"Authorization: Bearer {caller.key}",
         "--checks",
         "all",
         "--max-examples",
