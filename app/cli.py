@@ -155,7 +155,13 @@ async def _run_dev(data_dir: Path, port: int) -> None:
         api_socket = preflight.bind_port(env.get("EDITHOOK_HOST", "127.0.0.1"), port)
     except Refused as exc:
         refuse("dev", exc.problems, exc.code)
-    database_url = env.get("EDITHOOK_DATABASE_URL") or _embedded_database(data_dir)
+    database_url = env.get("EDITHOOK_DATABASE_URL")
+    if database_url:
+        problem = preflight.database_problem(database_url)
+        if problem:
+            refuse("dev", [problem], preflight.UNAVAILABLE)
+    else:
+        database_url = _embedded_database(data_dir)
     await upgrade_async(database_url)
 
     simulator_server = await start_server(create_simulator_app(), "127.0.0.1", 0)

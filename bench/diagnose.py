@@ -27,7 +27,7 @@ from app.resources import open_resources
 from app.settings import Settings
 from app.tasks.schemas import TaskCreate
 from app.tasks.service import create_task
-from app.tasks.submission import submit_task
+from app.tasks.submission import callback_url, submit_task
 from bench.apps import bound_statement
 from bench.ingest import USER_AGENT, callback_body
 from bench.loadgen import build_request, read_answer
@@ -190,7 +190,15 @@ async def _submissions(settings: Settings, simulator_url: str, count: int) -> li
             if index == WARMUP_CALLS:
                 http.clear()
             started = time.perf_counter()
-            await submit_task(resources, task.id)
+            await submit_task(
+                resources.pool,
+                resources.sessions,
+                resources.evolink,
+                task.id,
+                callback_url=callback_url(settings, task.id),
+                attempts=settings.submit_attempts,
+                unknown_timeout_seconds=settings.submit_unknown_timeout_seconds,
+            )
             if index >= WARMUP_CALLS:
                 totals.append(time.perf_counter() - started)
         async with resources.sessions() as session:

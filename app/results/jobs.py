@@ -12,7 +12,7 @@ import procrastinate
 import structlog
 
 from app.jobs import STORE_RESULTS, JobRetry, RetryLater, resources_of
-from app.results.service import store_task_results
+from app.results.copy import store_task_results
 from app.security import callback_token
 
 
@@ -22,6 +22,7 @@ async def store_results_job(context: procrastinate.JobContext, task_id: str) -> 
     settings = resources.settings
     task = uuid.UUID(task_id)
     report = await store_task_results(
+        resources.pool,
         resources.sessions,
         resources.evolink,
         resources.storage,

@@ -1,6 +1,9 @@
 """The task jobs: thin wrappers that take ids and call the services, and their Blueprint.
 
-`app.worker` adds `blueprint()` to the worker's procrastinate App; nothing else runs them.
+Each job hands its body only what it uses of the worker's `Resources` (pools, clients,
+settings values); the bodies open their own short transactions, none held across a call to
+the provider. `app.worker` adds `blueprint()` to the worker's procrastinate App; nothing
+else runs them.
 """
 
 from __future__ import annotations
@@ -16,23 +19,39 @@ from app.tasks import reconcile, submission, sweep
 
 async def submit_task_job(context: procrastinate.JobContext, task_id: str) -> None:
     structlog.contextvars.bind_contextvars(task_id=task_id)
+    resources = resources_of(context)
+    settings = resources.settings
+    task = uuid.UUID(task_id)
     delay = await submission.submit_task(
-        resources_of(context), uuid.UUID(task_id), attempt=context.job.attempts
+        resources.pool,
+        resources.sessions,
+        resources.evolink,
+        task,
+        callback_url=submission.callback_url(settings, task),
+        attempts=settings.submit_attempts,
+        unknown_timeout_seconds=settings.submit_unknown_timeout_seconds,
+        attempt=context.job.attempts,
     )
     if delay is not None:
         raise RetryLater("the provider created nothing; trying again", delay)
 
 
 async def reconcile_job(context: procrastinate.JobContext, timestamp: int) -> None:
-    await reconcile.reconcile(resources_of(context))
+    resources = resources_of(context)
+    await reconcile.reconcile(
+        resources.pool, resources.sessions, resources.evolink, resources.settings
+    )
 
 
 async def sweep_job(context: procrastinate.JobContext, timestamp: int) -> None:
-    await sweep.sweep(resources_of(context), context.app)
+    await sweep.sweep(resources_of(context).sessions, context.app.job_manager)
 
 
 async def prune_job(context: procrastinate.JobContext, timestamp: int) -> None:
-    await sweep.prune_event_bodies(resources_of(context))
+    resources = resources_of(context)
+    await sweep.prune_event_bodies(
+        resources.sessions, retention_days=resources.settings.event_retention_days
+    )
 
 
 def blueprint() -> procrastinate.Blueprint:

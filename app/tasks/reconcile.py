@@ -12,13 +12,15 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import func, select, text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.evolink.client import EvoLinkError
+from app.db import transaction
+from app.evolink.client import EvoLinkClient, EvoLinkError
 from app.models import Task
-from app.resources import Resources
 from app.security import callback_token
+from app.settings import Settings
 from app.tasks import writer
 from app.tasks.transitions import TaskState, Verdict, fail, judge
 from app.tasks.writer import Event
@@ -42,25 +44,37 @@ class ReconcileReport:
     given_up: int = 0
 
 
-async def poll_task(resources: Resources, task_id: uuid.UUID) -> PollResult:
-    """Ask the provider about one task now and apply the answer like a callback."""
-    async with resources.sessions() as session:
+async def poll_task(
+    pool: AsyncConnectionPool,
+    sessions: async_sessionmaker[AsyncSession],
+    evolink: EvoLinkClient,
+    task_id: uuid.UUID,
+    *,
+    callback_secret: str,
+    unknown_timeout_seconds: float,
+) -> PollResult:
+    """Ask the provider about one task now and apply the answer like a callback.
+
+    Each step is a short transaction of its own (on `pool`, or through `sessions` when it
+    cannot run it); none is held across the provider's answer. `callback_secret` makes the
+    task's callback token, hidden from what is kept of the provider's errors.
+    """
+    async with transaction(sessions) as session:
         provider_id = await session.scalar(select(Task.provider_task_id).where(Task.id == task_id))
     if provider_id is None:
         return PollResult(EventOutcome.REJECTED, "the task has no provider id yet")
     try:
         # The provider may quote the task's callback URL in an error: hide its token.
-        secret = resources.settings.callback_secret.get_secret_value()
-        observed = await resources.evolink.get_task(
-            provider_id, hide=callback_token(secret, task_id)
+        observed = await evolink.get_task(
+            provider_id, hide=callback_token(callback_secret, task_id)
         )
     except EvoLinkError as exc:
         error, detail = exc, f"poll failed ({exc})"
-        timeout = timedelta(seconds=resources.settings.submit_unknown_timeout_seconds)
+        timeout = timedelta(seconds=unknown_timeout_seconds)
         when = writer.now()
         written = await writer.settle_anywhere(
-            resources.pool,
-            resources.sessions,
+            pool,
+            sessions,
             task_id,
             lambda state: failed_poll(state, error, detail, timeout, when),
             Event(EventKind.POLL, polled=True),
@@ -68,8 +82,8 @@ async def poll_task(resources: Resources, task_id: uuid.UUID) -> PollResult:
         return PollResult(written.outcome or EventOutcome.ERROR, detail)
     when = writer.now()
     written = await writer.settle_anywhere(
-        resources.pool,
-        resources.sessions,
+        pool,
+        sessions,
         task_id,
         lambda state: judge(state, observed, EventKind.POLL, when),
         Event(EventKind.POLL, observed.status, observed.model_dump_json(), polled=True),
@@ -92,9 +106,12 @@ def failed_poll(
     return Verdict(EventOutcome.ERROR, detail)
 
 
-async def due_for_poll(session: AsyncSession, resources: Resources, limit: int) -> list[uuid.UUID]:
-    """In-flight tasks past their expected time (or their last poll), most overdue first."""
-    settings = resources.settings
+async def due_for_poll(
+    session: AsyncSession, *, floor_seconds: float, factor: float, limit: int
+) -> list[uuid.UUID]:
+    """In-flight tasks past their expected time (or their last poll), most overdue first: a
+    task is due `factor` times its estimate, and at least `floor_seconds`, after it was last
+    heard of."""
     last_word = func.coalesce(Task.polled_at, Task.submitted_at, Task.updated_at)
     interval = func.make_interval(
         0,
@@ -103,10 +120,7 @@ async def due_for_poll(session: AsyncSession, resources: Resources, limit: int) 
         0,
         0,
         0,
-        func.greatest(
-            settings.poll_floor_seconds,
-            func.coalesce(Task.estimated_seconds, 0) * settings.poll_factor,
-        ),
+        func.greatest(floor_seconds, func.coalesce(Task.estimated_seconds, 0) * factor),
     )
     rows = await session.execute(
         select(Task.id)
@@ -121,12 +135,16 @@ async def due_for_poll(session: AsyncSession, resources: Resources, limit: int) 
     return list(rows.scalars())
 
 
-async def give_up_on_silent_submissions(resources: Resources) -> int:
-    """Fail tasks whose create had an unknown outcome and that no word has settled since."""
-    cutoff = datetime.now(UTC) - timedelta(
-        seconds=resources.settings.submit_unknown_timeout_seconds
-    )
-    async with resources.sessions() as session:
+async def give_up_on_silent_submissions(
+    pool: AsyncConnectionPool,
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    unknown_timeout_seconds: float,
+) -> int:
+    """Fail tasks whose create had an unknown outcome and that no word has settled since
+    `unknown_timeout_seconds`."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=unknown_timeout_seconds)
+    async with transaction(sessions) as session:
         silent = (
             await session.execute(
                 select(Task.id)
@@ -138,16 +156,17 @@ async def give_up_on_silent_submissions(resources: Resources) -> int:
                 .limit(100)
             )
         ).scalars()
+        found = list(silent)
     given_up = 0
     when = writer.now()
-    minutes = resources.settings.submit_unknown_timeout_seconds / 60
+    minutes = unknown_timeout_seconds / 60
     message = (
         f"the provider never confirmed the submission and sent no word for {minutes:g} minutes"
     )
-    for task_id in list(silent):
+    for task_id in found:
         written = await writer.settle_anywhere(
-            resources.pool,
-            resources.sessions,
+            pool,
+            sessions,
             task_id,
             lambda state: silent_submission(state, cutoff, message, when),
             Event(EventKind.SYSTEM),
@@ -169,14 +188,39 @@ def silent_submission(
     return fail(verdict, EventKind.SYSTEM, "submission_outcome_unknown", message, now)
 
 
-async def reconcile(resources: Resources) -> ReconcileReport:
-    """One reconciler run: give up on silent submissions, then poll what is overdue."""
-    report = ReconcileReport(given_up=await give_up_on_silent_submissions(resources))
-    limit = max(1, resources.settings.polls_per_minute // RUNS_PER_MINUTE)
-    async with resources.sessions() as session:
-        due = await due_for_poll(session, resources, limit)
+async def reconcile(
+    pool: AsyncConnectionPool,
+    sessions: async_sessionmaker[AsyncSession],
+    evolink: EvoLinkClient,
+    settings: Settings,
+) -> ReconcileReport:
+    """One reconciler run: give up on silent submissions, then poll what is overdue.
+
+    Its reads and writes are short transactions of their own, none held across a poll.
+    """
+    timeout = settings.submit_unknown_timeout_seconds
+    report = ReconcileReport(
+        given_up=await give_up_on_silent_submissions(
+            pool, sessions, unknown_timeout_seconds=timeout
+        )
+    )
+    async with transaction(sessions) as session:
+        due = await due_for_poll(
+            session,
+            floor_seconds=settings.poll_floor_seconds,
+            factor=settings.poll_factor,
+            limit=max(1, settings.polls_per_minute // RUNS_PER_MINUTE),
+        )
+    secret = settings.callback_secret.get_secret_value()
     for task_id in due:
-        result = await poll_task(resources, task_id)
+        result = await poll_task(
+            pool,
+            sessions,
+            evolink,
+            task_id,
+            callback_secret=secret,
+            unknown_timeout_seconds=timeout,
+        )
         report.polled += 1
         logger.info("polled task %s: %s", task_id, result.outcome.value)
     return report

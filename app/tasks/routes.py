@@ -236,7 +236,15 @@ async def refresh_task(task_id: str, caller: CallerDep, resources: ResourcesDep)
     # Named flow "refresh": no transaction is held across the call to the provider.
     async with transaction(resources.sessions) as session:
         await service.require_owned(session, caller, parsed)
-    result = await poll_task(resources, parsed)
+    settings = resources.settings
+    result = await poll_task(
+        resources.pool,
+        resources.sessions,
+        resources.evolink,
+        parsed,
+        callback_secret=settings.callback_secret.get_secret_value(),
+        unknown_timeout_seconds=settings.submit_unknown_timeout_seconds,
+    )
     if result.outcome == EventOutcome.REJECTED:
         raise Conflict("The task has not been accepted by EvoLink yet; nothing to poll.")
     return to_read(await _read_task(resources, caller, parsed))

@@ -27,11 +27,11 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolCheckoutTimeout
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db import DirectUnavailable, fetch_one
-from app.evolink.client import EvoLinkError
+from app.evolink.client import EvoLinkClient, EvoLinkError
 from app.evolink.schemas import CreateRequest, ProviderTask
-from app.resources import Resources
 from app.security import callback_path, callback_token
 from app.settings import Settings
 from app.tasks import writer
@@ -88,35 +88,44 @@ async def claim(pool: AsyncConnectionPool, task_id: uuid.UUID) -> dict[str, Any]
 
 
 async def submit_task(
-    resources: Resources, task_id: uuid.UUID, *, attempt: int = 0
+    pool: AsyncConnectionPool,
+    sessions: async_sessionmaker[AsyncSession],
+    evolink: EvoLinkClient,
+    task_id: uuid.UUID,
+    *,
+    callback_url: str,
+    attempts: int,
+    unknown_timeout_seconds: float,
+    attempt: int = 0,
 ) -> float | None:
-    """Submit a queued task once and record what came of it.
+    """Submit a queued task once, with `callback_url`, and record what came of it.
 
-    Returns the seconds after which to try again when the provider certainly created
-    nothing and attempts remain (the task is back in `queued` meanwhile); None otherwise.
+    `attempt` is this one's number from 0, `attempts` how many a create that certainly did
+    nothing gets. Returns the seconds after which to try again when the provider certainly
+    created nothing and attempts remain (the task is back in `queued` meanwhile); None
+    otherwise. The claim and each record are statements of their own (on `pool`, or
+    through `sessions` when it cannot run them); nothing is held across the create.
     """
-    settings = resources.settings
-    stored = await claim(resources.pool, task_id)
+    stored = await claim(pool, task_id)
     if stored is None:
         return None
     # The reconciler gives up on an unconfirmed create this long after the claim.
-    deadline = time.monotonic() + settings.submit_unknown_timeout_seconds
-    request = CreateRequest.model_validate(
-        {**stored, "callback_url": callback_url(settings, task_id)}
-    )
+    deadline = time.monotonic() + unknown_timeout_seconds
+    request = CreateRequest.model_validate({**stored, "callback_url": callback_url})
 
     try:
-        created = await resources.evolink.create_task(request)
+        created = await evolink.create_task(request)
     except EvoLinkError as exc:
-        if exc.outcome == "retryable" and attempt + 1 < settings.submit_attempts:
+        if exc.outcome == "retryable" and attempt + 1 < attempts:
             delay = min(exc.retry_after or backoff(attempt), MAX_RETRY_AFTER_SECONDS)
-            await _record_failure(resources, task_id, exc, requeue_in=delay)
+            await _record_failure(pool, sessions, task_id, exc, requeue_in=delay)
             return delay
-        await _record_failure(resources, task_id, exc)
+        await _record_failure(pool, sessions, task_id, exc)
         return None
 
     recording = asyncio.create_task(
-        _keep_recording(resources, task_id, created, deadline), name=f"record create {task_id}"
+        _keep_recording(pool, sessions, task_id, created, deadline),
+        name=f"record create {task_id}",
     )
     _RECORDING.add(recording)
     recording.add_done_callback(_RECORDING.discard)
@@ -144,7 +153,11 @@ def _unreachable(exc: Exception) -> bool:
 
 
 async def _keep_recording(
-    resources: Resources, task_id: uuid.UUID, created: ProviderTask, deadline: float
+    pool: AsyncConnectionPool,
+    sessions: async_sessionmaker[AsyncSession],
+    task_id: uuid.UUID,
+    created: ProviderTask,
+    deadline: float,
 ) -> None:
     """Record the create's answer, retrying while Postgres is unreachable, until `deadline`
     (monotonic); if it passes, report the answer loudly: the task then fails by the
@@ -153,7 +166,7 @@ async def _keep_recording(
     try:
         while True:
             try:
-                await _record_answer(resources, task_id, created)
+                await _record_answer(pool, sessions, task_id, created)
             except Exception as exc:
                 if not _unreachable(exc):
                     raise
@@ -224,18 +237,23 @@ async def record_created(
     return await writer.write(Direct(pool), task_id, verdict, guard, _answer_event(created))
 
 
-async def _record_answer(resources: Resources, task_id: uuid.UUID, created: ProviderTask) -> None:
+async def _record_answer(
+    pool: AsyncConnectionPool,
+    sessions: async_sessionmaker[AsyncSession],
+    task_id: uuid.UUID,
+    created: ProviderTask,
+) -> None:
     """Record the create's answer once: without a read when the task is as the submission
     left it, else (or when the direct pool is unavailable) by the read-judge-write loop."""
     try:
-        written = await record_created(resources.pool, task_id, created)
+        written = await record_created(pool, task_id, created)
     except DirectUnavailable as exc:
         logger.warning("recording the create of task %s through the engine: %s", task_id, exc)
     else:
         if written.outcome is not None or not written.exists:
             return
     await writer.settle_anywhere(
-        resources.pool, resources.sessions, task_id, _judge_answer(created), _answer_event(created)
+        pool, sessions, task_id, _judge_answer(created), _answer_event(created)
     )
 
 
@@ -266,7 +284,12 @@ def failed_create(
 
 
 async def _record_failure(
-    resources: Resources, task_id: uuid.UUID, exc: EvoLinkError, *, requeue_in: float | None = None
+    pool: AsyncConnectionPool,
+    sessions: async_sessionmaker[AsyncSession],
+    task_id: uuid.UUID,
+    exc: EvoLinkError,
+    *,
+    requeue_in: float | None = None,
 ) -> None:
     """Record a failed create: requeue it, leave it waiting (ambiguous), or fail the task."""
     answer = f"HTTP {exc.status_code}" if exc.status_code else "no response"
@@ -274,8 +297,8 @@ async def _record_failure(
     logger.warning("submission of task %s failed (%s)", task_id, detail)
     when = writer.now()
     await writer.settle_anywhere(
-        resources.pool,
-        resources.sessions,
+        pool,
+        sessions,
         task_id,
         lambda state: failed_create(state, exc, detail, requeue_in, when),
         Event(EventKind.SUBMISSION),

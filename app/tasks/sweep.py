@@ -10,12 +10,12 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import procrastinate
+from procrastinate.manager import JobManager
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db import transaction
 from app.jobs import STORE_RESULTS, SUBMIT_TASK, enqueue
-from app.resources import Resources
 from app.vocabulary import ResultStatus, TaskStatus
 
 logger = logging.getLogger("edithook.sweep")
@@ -56,11 +56,12 @@ class SweepReport:
     stalled_jobs: int = 0
 
 
-async def sweep(resources: Resources, job_app: procrastinate.App) -> SweepReport:
-    """Re-enqueue stuck submissions and result copies; rerun jobs of dead workers."""
+async def sweep(sessions: async_sessionmaker[AsyncSession], manager: JobManager) -> SweepReport:
+    """Re-enqueue stuck submissions and result copies (one transaction); then rerun, through
+    procrastinate's `manager`, the jobs of dead workers and drop its old finished jobs."""
     report = SweepReport()
     cutoff = datetime.now(UTC) - STUCK_AFTER
-    async with transaction(resources.sessions) as session:
+    async with transaction(sessions) as session:
         queued = await session.execute(STUCK_SUBMISSIONS, {"cutoff": cutoff, "job": SUBMIT_TASK})
         for (task_id,) in queued.all():
             await enqueue(session, SUBMIT_TASK, {"task_id": str(task_id)})
@@ -74,7 +75,6 @@ async def sweep(resources: Resources, job_app: procrastinate.App) -> SweepReport
             )
             report.result_copies += 1
 
-    manager = job_app.job_manager
     for job in await manager.get_stalled_jobs(seconds_since_heartbeat=STALLED_WORKER_SECONDS):
         await manager.retry_job(job)
         report.stalled_jobs += 1
@@ -84,12 +84,15 @@ async def sweep(resources: Resources, job_app: procrastinate.App) -> SweepReport
     return report
 
 
-async def prune_event_bodies(resources: Resources) -> int:
-    """Drop raw bodies and headers of events older than the retention; the events stay."""
-    cutoff = datetime.now(UTC) - timedelta(days=resources.settings.event_retention_days)
+async def prune_event_bodies(
+    sessions: async_sessionmaker[AsyncSession], *, retention_days: int
+) -> int:
+    """Drop raw bodies and headers of events older than `retention_days`; the events stay.
+    Each batch is a transaction of its own, so that none holds many rows locked for long."""
+    cutoff = datetime.now(UTC) - timedelta(days=retention_days)
     pruned = 0
     while True:
-        async with transaction(resources.sessions) as session:
+        async with transaction(sessions) as session:
             result = await session.execute(
                 text(
                     "UPDATE task_events SET body = NULL, headers = NULL WHERE id IN ("

@@ -87,3 +87,14 @@ def test_dev_reports_a_taken_port_in_one_line(tmp_path: Path) -> None:
         (line,) = refusal(_dev(tmp_path, EDITHOOK_PORT=str(port)), "dev")
     assert f"EDITHOOK_PORT {port} is already in use" in line
     assert not (tmp_path / "pg").exists()
+
+
+def test_dev_reports_an_unreachable_database_in_one_line(tmp_path: Path) -> None:
+    """An EDITHOOK_DATABASE_URL nothing answers stops `edithook dev` with one line, no trace."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    url = f"postgresql://postgres@127.0.0.1:{port}/edithook"
+    (line,) = refusal(_dev(tmp_path, EDITHOOK_DATABASE_URL=url), "dev")
+    assert "cannot reach the database of EDITHOOK_DATABASE_URL" in line
+    assert not (tmp_path / "pg").exists()

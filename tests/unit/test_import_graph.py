@@ -105,3 +105,18 @@ def test_no_module_of_app_imports_itself_through_others() -> None:
     graph = import_graph()
     assert "app.tasks.jobs" in graph["app.worker"], "the graph was read"
     assert circles(graph) == []
+
+
+# Where a process's whole `Resources` may be held: the assembly, the wiring, and the edges
+# (routes and jobs), which hand each service only the dependencies it uses.
+HOLDERS_OF_RESOURCES = {"app.cli", "app.main", "app.worker", "app.deps", "app.edge"}
+
+
+def test_only_the_edges_hold_the_whole_resources() -> None:
+    """Services and job bodies take the sessions, pools, clients and settings they use; only
+    the assembly, the wiring, the routes and the jobs import `app.resources`."""
+    graph = import_graph()
+    holders = {name for name, imported in graph.items() if "app.resources" in imported}
+    assert "app.worker" in holders, "the graph was read"
+    edges = {name for name in holders if name.endswith((".routes", ".jobs"))}
+    assert holders - edges <= HOLDERS_OF_RESOURCES

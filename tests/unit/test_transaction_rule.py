@@ -3,7 +3,8 @@
 Read from the source: the rule is about where sessions are opened, which no HTTP answer
 shows. Routes take `SessionDep`; only the named flows of `app.tasks.routes` open short
 transactions of their own (`app.db.transaction`); nothing reads through a session it never
-began; the request services never commit, begin or open a session.
+began; the request services never commit, begin or open a session; the job bodies open
+theirs only through `app.db.transaction`.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from tests.helpers import REPO
 
 APP = REPO / "app"
 ROUTE_MODULES = [*sorted(APP.glob("*/routes.py")), APP / "metrics.py", APP / "main.py"]
-# Every feature's service.py a route calls; results/service.py also holds the copy job's body,
-# which opens its own short transactions (docs/decisions.md), so it is named apart.
-REQUEST_SERVICES = [
-    path for path in sorted(APP.glob("*/service.py")) if path.parent.name != "results"
-]
+# Every feature's service.py: the operations its routes call (job bodies live apart).
+REQUEST_SERVICES = sorted(APP.glob("*/service.py"))
 NAMED_FLOWS = APP / "tasks" / "routes.py"
+# The job bodies: each the edge of its work, opening short transactions of its own.
+JOB_BODIES = [APP / "tasks" / name for name in ("submission.py", "reconcile.py", "sweep.py")]
+JOB_BODIES.append(APP / "results" / "copy.py")
 
 
 def _calls(path: Path) -> list[str]:
@@ -54,6 +55,15 @@ def test_only_the_named_flows_open_transactions_of_their_own() -> None:
 def test_request_services_never_commit_or_begin() -> None:
     """The services routes call take a session and leave its transaction to the caller."""
     assert APP / "callbacks" / "service.py" in REQUEST_SERVICES
+    assert APP / "results" / "service.py" in REQUEST_SERVICES
     for path in REQUEST_SERVICES:
         calls = set(_calls(path))
         assert not calls & {"commit", "begin", "rollback", "transaction", "sessions"}, path
+
+
+def test_job_bodies_read_only_inside_transactions_they_began() -> None:
+    """A job's body opens its sessions through `app.db.transaction`, never `sessions()` bare
+    (a session it never began, left to roll back whatever it read)."""
+    for path in JOB_BODIES:
+        assert "sessions" not in _calls(path), path
+    assert "transaction" in _calls(APP / "tasks" / "reconcile.py")

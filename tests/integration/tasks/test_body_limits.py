@@ -15,7 +15,7 @@ import h11
 import httpx
 import pytest
 
-from tests.conftest import Caller
+from tests.conftest import Caller, Service
 
 # A guard so that a server waiting for the body fails the test instead of hanging it.
 ANSWER_WITHIN_SECONDS = 20
@@ -100,6 +100,28 @@ async def test_a_streamed_body_over_the_limit_is_cut_with_413(url: str, key: str
         response = await client.post("/v1/tasks", content=chunks(), headers=headers)
     assert response.status_code == 413
     assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_streamed_body_is_cut_at_the_limit_not_at_its_end(
+    url: str, key: str, service: Service
+) -> None:
+    """A chunked body that passes the limit is answered 413 while the rest is still to come.
+
+    The body is never finished: a server that read to its end would wait, and the guard in
+    `exchange` fails the test.
+    """
+    limit = service.settings.rest_max_body_bytes
+    answer = await exchange(
+        url,
+        [
+            ("Authorization", f"Bearer {key}"),
+            ("Content-Type", "application/json"),
+            ("Transfer-Encoding", "chunked"),
+        ],
+        body=b'{"prompt": "' + b"y" * limit,
+    )
+    assert answer.status == 413, answer
+    assert b"payload-too-large" in answer.body
 
 
 @pytest.mark.parametrize("authorization", [None, "Bearer not-a-key", "Basic eDp5"])

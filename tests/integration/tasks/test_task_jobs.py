@@ -32,6 +32,32 @@ def with_settings(resources: Resources, **changes: object) -> Resources:
     return dataclasses.replace(resources, settings=resources.settings.model_copy(update=changes))
 
 
+async def submit(resources: Resources, task_id: uuid.UUID) -> float | None:
+    """The submit job's body, given what the job gives it."""
+    settings = resources.settings
+    return await submission.submit_task(
+        resources.pool,
+        resources.sessions,
+        resources.evolink,
+        task_id,
+        callback_url=submission.callback_url(settings, task_id),
+        attempts=settings.submit_attempts,
+        unknown_timeout_seconds=settings.submit_unknown_timeout_seconds,
+    )
+
+
+async def poll(resources: Resources, task_id: str) -> reconcile.PollResult:
+    """One poll of the task, given what the refresh route gives it."""
+    return await reconcile.poll_task(
+        resources.pool,
+        resources.sessions,
+        resources.evolink,
+        uuid.UUID(task_id),
+        callback_secret=resources.settings.callback_secret.get_secret_value(),
+        unknown_timeout_seconds=resources.settings.submit_unknown_timeout_seconds,
+    )
+
+
 async def test_429_then_200_submits_once(api: httpx.AsyncClient, sim: httpx.AsyncClient) -> None:
     """A rate-limited create is retried after Retry-After; the provider gets one task."""
     before = (await sim.get("/_sim/stats")).json()
@@ -90,7 +116,7 @@ async def test_an_ambiguous_create_is_not_resent_and_its_callback_settles_it(
         task, _ = await store(session, caller.name, held, None)
         task_id = task.id
     # Claim it here, before the in-process worker's job can: this call meets the hang.
-    assert await submission.submit_task(patient, task_id) is None
+    assert await submit(patient, task_id) is None
     await hurried.aclose()
     pending = (await api.get(f"/v1/tasks/{task_id}")).json()
     assert pending["status"] == "submitting"
@@ -116,7 +142,8 @@ async def test_a_lost_callback_is_recovered_by_polling(
     eager = with_settings(resources, poll_floor_seconds=0.0, poll_factor=1.0)
     polls = 0
     for _ in range(100):
-        polls += (await reconcile.reconcile(eager)).polled
+        run = await reconcile.reconcile(eager.pool, eager.sessions, eager.evolink, eager.settings)
+        polls += run.polled
         body = (await api.get(f"/v1/tasks/{task['id']}")).json()
         if body["status"] == "completed":
             break
@@ -180,7 +207,10 @@ async def test_a_silent_ambiguous_submission_fails_after_the_timeout(
     resources = service.resources
     old = _insert_task(database_url, caller, status="submitting", age=timedelta(hours=1))
     recent = _insert_task(database_url, caller, status="submitting", age=timedelta(seconds=1))
-    given_up = await reconcile.give_up_on_silent_submissions(resources)
+    limit = resources.settings.submit_unknown_timeout_seconds
+    given_up = await reconcile.give_up_on_silent_submissions(
+        resources.pool, resources.sessions, unknown_timeout_seconds=limit
+    )
     # Counted over the database: of this test's tasks, the old one alone.
     assert given_up >= 1
     assert [e["kind"] for e in await events(api, old) if e["to_status"] == "failed"] == ["system"]
@@ -198,11 +228,11 @@ async def test_the_sweeper_resubmits_a_queued_task_that_lost_its_job(
     resources = service.resources
     orphan = _insert_task(database_url, caller, status="queued", age=timedelta(minutes=5))
     async with open_job_app(resources.settings) as job_app:
-        report = await sweep.sweep(resources, job_app)
+        report = await sweep.sweep(resources.sessions, job_app.job_manager)
         # Counted over the database; of this test's tasks, the orphan got one job.
         assert report.submissions >= 1
         assert _submit_jobs(database_url, orphan) == 1
-        await sweep.sweep(resources, job_app)
+        await sweep.sweep(resources.sessions, job_app.job_manager)
         assert _submit_jobs(database_url, orphan) == 1  # its job is live: not enqueued again
     done = await wait_for_task(api, orphan, {"completed"})
     assert done["provider_task_id"]
@@ -222,7 +252,8 @@ async def test_retention_prunes_raw_bodies_and_keeps_the_events(
         )
     before = await events(api, task["id"])
     assert any(e["body"] for e in before)
-    assert await sweep.prune_event_bodies(resources) >= 1
+    days = resources.settings.event_retention_days
+    assert await sweep.prune_event_bodies(resources.sessions, retention_days=days) >= 1
     after = await events(api, task["id"])
     assert [e["id"] for e in after] == [e["id"] for e in before]
     assert all(e["body"] is None and e["headers"] is None for e in after)
@@ -283,12 +314,12 @@ async def test_a_poll_that_changes_nothing_is_a_duplicate_and_wakes_nobody(
         if view["progress"] == 90 and view["task_info"].get("estimated_time") == 0:
             break
         await asyncio.sleep(0.05)
-    first = await reconcile.poll_task(resources, uuid.UUID(task["id"]))
+    first = await poll(resources, task["id"])
     assert first.outcome == "applied"
 
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         await conn.execute(f"LISTEN {TASK_CHANNEL}")
-        again = await reconcile.poll_task(resources, uuid.UUID(task["id"]))
+        again = await poll(resources, task["id"])
         # Notifications arrive in commit order: the marker comes after any the poll sent.
         marker = str(uuid.uuid4())
         await conn.execute("SELECT pg_notify(%s, %s)", (TASK_CHANNEL, marker))
