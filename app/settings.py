@@ -97,6 +97,8 @@ class Settings(BaseSettings):
     result_link_ttl_hours: float = Field(default=24.0, gt=0)
     event_retention_days: int = Field(default=30, ge=1)
     worker_concurrency: int = Field(default=4, ge=1, le=64)
+    # A comment on every idle `GET /v1/tasks/{id}/stream` this often, so proxies keep it open.
+    stream_keepalive_seconds: float = Field(default=15.0, gt=0)
 
     @field_validator("evolink_base_url", "public_base_url")
     @classmethod
