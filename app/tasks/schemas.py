@@ -306,8 +306,9 @@ class TaskRead(BaseModel):
     resolved_by: ResolvedBy | None = Field(
         description=(
             "What told us the terminal state: the provider's callback, our poll, the create's"
-            " own answer (submission), or edithook's own decision (system, such as a time"
-            f" limit). One of: {_listed(ResolvedBy)}; null until terminal."
+            " own answer (submission), edithook's own decision (system, such as a time"
+            " limit or `cancel_after_seconds`), or the client's cancel (client)."
+            f" One of: {_listed(ResolvedBy)}; null until terminal."
         )
     )
     result_count: int
@@ -399,7 +400,8 @@ class EventRead(BaseModel):
     kind: EventKind = Field(
         description=(
             "What caused it: the task's creation, its submission, a callback, a poll, copying"
-            " its result images (storage), or edithook's own decision (system)."
+            " its result images (storage), edithook's own decision (system), or the client's"
+            " own request (client: a cancel)."
             f" One of: {_listed(EventKind)}."
         )
     )
