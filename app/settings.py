@@ -150,6 +150,9 @@ class Settings(BaseSettings):
         """The delays after each failed attempt, in seconds."""
         return parse_schedule(self.webhook_retry_schedule)
 
+    # A comment on every idle `GET /v1/tasks/{id}/stream` this often, so proxies keep it open.
+    stream_keepalive_seconds: float = Field(default=15.0, gt=0)
+
     @field_validator("evolink_base_url", "public_base_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:

@@ -6,9 +6,9 @@ transaction, so the notification arrives only once the change is committed and v
 A notification wakes every waiter of its task; they share one read of the task
 (`TaskWaiter.read_once`), so a thousand waiters cost one query per notification, not a
 thousand, and other requests do not queue behind them for connections. They are woken, and
-answer, a few per turn of the event loop: a thousand answers take a few hundred
-milliseconds of the process's time either way, and spread out, other requests are served
-between them rather than after them all.
+answer, two per turn of the event loop: a thousand answers take a few hundred milliseconds
+of the process's time either way, and spread out, other requests are served between them
+rather than after them all.
 """
 
 from __future__ import annotations
@@ -33,10 +33,13 @@ logger = logging.getLogger("edithook.waiting")
 
 T = TypeVar("T")
 
-# When a notification wakes many waiters, this many are woken per turn of the event loop,
-# and this many settled ones go on to answer: the rest queue, so that other requests get
-# the loop between them instead of only after all of them.
-WAKES_PER_TURN = 4
+# When a notification wakes many waiters, this many settled ones answer per turn of the
+# event loop: the rest queue, so that other requests get the loop between them instead of
+# only after all of them. Waiters are woken as the answers go, one turn's worth at a time:
+# a waiter woken into a free turn checks and answers in one step, and one woken into a
+# full turn would only queue (a second step, a future and a callback more for each). One
+# a turn measured no better than two for other requests on the shared machine, and was
+# slower to answer them all (bench/README.md, "Waiters on one task").
 ANSWERS_PER_TURN = 2
 
 _TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
@@ -228,15 +231,17 @@ class TaskWaiter:
             asyncio.get_running_loop().call_soon(self._next_turn)
 
     def _next_turn(self) -> None:
-        """Once per turn of the loop while waiters wake or answer: the next few of each."""
-        for _ in range(min(WAKES_PER_TURN, len(self._to_wake))):
-            self._to_wake.popleft().set()
+        """Once per turn of the loop while waiters wake or answer: the next queued answers,
+        then, in what the turn has left, the next waiters to wake."""
         self._through_this_turn = 0
         while self._queue and self._through_this_turn < ANSWERS_PER_TURN:
             ticket = self._queue.popleft()
             if not ticket.done():  # a waiter cancelled in the queue leaves its ticket
                 ticket.set_result(None)
                 self._through_this_turn += 1
+        if not self._queue:
+            for _ in range(min(ANSWERS_PER_TURN - self._through_this_turn, len(self._to_wake))):
+                self._to_wake.popleft().set()
         if self._to_wake or self._queue or self._through_this_turn:
             asyncio.get_running_loop().call_soon(self._next_turn)
         else:

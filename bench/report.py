@@ -52,6 +52,14 @@ class WaiterRun:
     idle: LoadResult | None = None
     loaded: LoadResult | None = None
     errors: list[str] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def ratio(self) -> float:
+        """Unrelated GET p99 with the waiters over idle (NaN when not measured)."""
+        if self.idle is None or self.loaded is None or not self.idle.p99_ms:
+            return math.nan
+        return self.loaded.p99_ms / self.idle.p99_ms
 
 
 @dataclass(frozen=True)
@@ -107,7 +115,8 @@ class Measurements:
     stored_ms: list[float] = field(default_factory=list)
     served_ms: list[float] = field(default_factory=list)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
-    waiters: WaiterRun | None = None
+    # One per round of the waiter phase (`--waiter-rounds`).
+    waiter_rounds: list[WaiterRun] = field(default_factory=list)
     cost: CostRun | None = None
     notes: list[str] = field(default_factory=list)
     diagnostics: list[str] = field(default_factory=list)
@@ -266,7 +275,7 @@ def build_rows(m: Measurements) -> list[Row]:
         Row("completion → stored p99", ms(quantile(m.stored_ms, 0.99))),
         Row("completion → image served p50", ms(quantile(m.served_ms, 0.5))),
     ]
-    rows += _waiter_rows(m.waiters)
+    rows += _waiter_rows(median_round(m.waiter_rounds))
     rows += _cost_rows(m.cost)
     for role in ("api", "worker"):
         peak = m.peak_rss_mb.get(role, math.nan)
@@ -281,6 +290,14 @@ def build_rows(m: Measurements) -> list[Row]:
     return rows
 
 
+def median_round(rounds: list[WaiterRun]) -> WaiterRun | None:
+    """The round whose p99 ratio is the median (the lower one of an even count)."""
+    measured = sorted((run for run in rounds if not math.isnan(run.ratio)), key=lambda r: r.ratio)
+    if not measured:
+        return rounds[0] if rounds else None
+    return measured[(len(measured) - 1) // 2]
+
+
 def _waiter_rows(run: WaiterRun | None) -> list[Row]:
     names = (
         "waiters: completion → last answered",
@@ -290,7 +307,7 @@ def _waiter_rows(run: WaiterRun | None) -> list[Row]:
     )
     if run is None or run.idle is None or run.loaded is None:
         return [Row(name, "not run") for name in names]
-    ratio = run.loaded.p99_ms / run.idle.p99_ms if run.idle.p99_ms else math.nan
+    ratio = run.ratio
     answered = run.settled == run.count
     return [
         Row(

@@ -17,7 +17,8 @@ The order of a run:
    database dropped (unless `--keep`), the table printed and written as markdown.
 
 `--cost-only` runs step 5's cost phase alone, on an empty database: a few minutes' run to
-repeat when the shared machine is quiet.
+repeat when the shared machine is quiet. `--waiters-only` runs step 4's waiter phase alone
+(`--waiter-rounds` times, 5 by default there), on `--tasks` (100,000 by default there).
 """
 
 from __future__ import annotations
@@ -64,10 +65,13 @@ class Options:
     flows: int
     waiters: int
     waiter_window: float
+    waiter_rounds: int
+    waiters_only: bool
     cost_tasks: int
     cost_rate: float
     cost_gets: int
     cost_only: bool
+    ingest_only: bool
     smoke: bool
     keep: bool
     out: Path
@@ -78,7 +82,7 @@ class Options:
 
 def parse_args(argv: list[str] | None) -> Options:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--tasks", type=int, default=1_000_000, help="tasks for most phases")
+    parser.add_argument("--tasks", type=int, help="tasks for most phases (default 1,000,000)")
     parser.add_argument("--big-tasks", type=int, default=5_000_000, help="tasks for listing again")
     parser.add_argument("--skip-big", action="store_true", help="do not grow to --big-tasks")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per phase")
@@ -101,10 +105,23 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument(
         "--waiters", type=int, default=WAITERS, help="requests held waiting on one task"
     )
+    parser.add_argument(
+        "--waiter-rounds",
+        type=int,
+        help="times the waiter phase runs (default 1, or 5 with --waiters-only)",
+    )
+    parser.add_argument(
+        "--waiters-only", action="store_true", help="only the waiter phase, on --tasks tasks"
+    )
     parser.add_argument("--cost-tasks", type=int, default=300, help="tasks whose CPU is measured")
     parser.add_argument("--cost-rate", type=float, default=20.0, help="their creations a second")
     parser.add_argument("--cost-gets", type=int, default=2000, help="GETs whose CPU is measured")
     parser.add_argument("--cost-only", action="store_true", help="only the CPU cost phase")
+    parser.add_argument(
+        "--ingest-only",
+        action="store_true",
+        help="only callback ingest and its diagnosis (tasks seeded, no worker)",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds in all")
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     parser.add_argument("--out", type=Path, help="markdown file (bench/results/latest.md)")
@@ -112,14 +129,30 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument("--log-level", default="info", help="EDITHOOK_LOG_LEVEL of the servers")
     parser.add_argument("--logs", type=Path, help="keep the processes' logs in this folder")
     args = parser.parse_args(argv)
+    if args.tasks is None:
+        args.tasks = 100_000 if args.waiters_only else 1_000_000
+    if args.waiter_rounds is None:
+        args.waiter_rounds = 5 if args.waiters_only else 1
     if args.smoke:
         args.tasks, args.big_tasks, args.duration = 2_000, 5_000, 1.0
         args.deep_pages, args.flows, args.ingest_rounds = 3, 3, 1
         args.waiters = 50
         args.cost_tasks, args.cost_rate, args.cost_gets = 10, 50.0, 100
-    big = None if args.skip_big or args.big_tasks <= args.tasks else args.big_tasks
+    big = (
+        None
+        if args.skip_big or args.waiters_only or args.big_tasks <= args.tasks
+        else args.big_tasks
+    )
     default_out = RESULTS_DIR / (
-        "smoke.md" if args.smoke else "cost.md" if args.cost_only else "latest.md"
+        "smoke.md"
+        if args.smoke
+        else "cost.md"
+        if args.cost_only
+        else "ingest.md"
+        if args.ingest_only
+        else "waiters.md"
+        if args.waiters_only
+        else "latest.md"
     )
     return Options(
         tasks=args.tasks,
@@ -134,10 +167,13 @@ def parse_args(argv: list[str] | None) -> Options:
         # The unrelated load's measured window around the completion: a few seconds, so that
         # a stall of the API at the completion weighs in its p99.
         waiter_window=1.0 if args.smoke else 3.0,
+        waiter_rounds=args.waiter_rounds,
+        waiters_only=args.waiters_only,
         cost_tasks=args.cost_tasks,
         cost_rate=args.cost_rate,
         cost_gets=args.cost_gets,
         cost_only=args.cost_only,
+        ingest_only=args.ingest_only,
         smoke=args.smoke,
         keep=args.keep,
         out=args.out or default_out,
@@ -190,10 +226,31 @@ def run_cost_only(options: Options, stack: Stack, m: Measurements) -> None:
     stack.stop_worker()
 
 
+def _waiters(options: Options, stack: Stack, m: Measurements) -> None:
+    rounds = f", {options.waiter_rounds} rounds" if options.waiter_rounds > 1 else ""
+    _step(f"{options.waiters:,} requests waiting on one task{rounds}")
+    run_waiters(
+        stack, m, options.waiters, window=options.waiter_window, rounds=options.waiter_rounds
+    )
+
+
+def run_waiters_only(options: Options, stack: Stack, m: Measurements) -> None:
+    """`--tasks` tasks, the simulator and the API, and the waiter phase."""
+    _step(f"seeding {options.tasks:,} tasks")
+    _seed(stack.database_url, options.tasks, m, now=datetime.now(UTC))
+    _step("starting the simulator and edithook serve")
+    stack.start_simulator()
+    stack.start_api()
+    _waiters(options, stack, m)
+
+
 def run(options: Options, stack: Stack, m: Measurements) -> None:
     """Every phase, in order, filling `m`."""
     if options.cost_only:
         run_cost_only(options, stack, m)
+        return
+    if options.waiters_only:
+        run_waiters_only(options, stack, m)
         return
     url = stack.database_url
     timing = Timing(options.duration, options.warmup)
@@ -215,6 +272,8 @@ def run(options: Options, stack: Stack, m: Measurements) -> None:
     run_ingest(stack, m, service_targets, bound_targets, plan, order)
     _step("callback path, statement by statement")
     m.diagnostics += diagnose.callback_breakdown(url, probes)
+    if options.ingest_only:
+        return
     left = database.settle_leftovers(url)
     m.notes.append(f"after ingest: settled leftovers {left}")
     database.vacuum_analyze(url, "tasks", "task_results", "task_events")
@@ -223,8 +282,7 @@ def run(options: Options, stack: Stack, m: Measurements) -> None:
     run_listing(stack, m, options.tasks, timing, middle, options.deep_pages, get=True)
     _step("POST /v1/tasks")
     run_post(stack, m, timing)
-    _step(f"{options.waiters:,} requests waiting on one task")
-    run_waiters(stack, m, options.waiters, window=options.waiter_window)
+    _waiters(options, stack, m)
 
     _step(f"edithook worker: {options.flows} tasks from creation to stored")
     stack.start_worker()
@@ -251,7 +309,17 @@ def main(argv: list[str] | None = None) -> int:
     m = Measurements(tasks=options.tasks, big_tasks=options.big_tasks)
     # A name of its own: the run drops any database of its name first, so two runs on the
     # shared server must never share one.
-    kind = "_smoke" if options.smoke else "_cost" if options.cost_only else ""
+    kind = (
+        "_smoke"
+        if options.smoke
+        else "_cost"
+        if options.cost_only
+        else "_ingest"
+        if options.ingest_only
+        else "_waiters"
+        if options.waiters_only
+        else ""
+    )
     name = f"{DATABASE_NAME}{kind}_{secrets.token_hex(3)}"
     if options.keep:
         print(f"the database is {name}; it is kept", flush=True)
@@ -267,7 +335,11 @@ def main(argv: list[str] | None = None) -> int:
             m.machine = describe_machine(url)
             m.machine["load average at start"] = _load()
             m.machine["run"] = (
-                f"{short_count(options.tasks)} / "
+                f"{short_count(options.tasks)} tasks, the waiter phase alone:"
+                f" {options.waiters:,} waiters, {options.waiter_rounds} rounds,"
+                f" EDITHOOK_LOG_LEVEL={options.log_level}"
+                if options.waiters_only
+                else f"{short_count(options.tasks)} / "
                 f"{short_count(options.big_tasks) if options.big_tasks else '—'} tasks,"
                 f" {options.duration:g} s per phase after {options.warmup:g} s warm-up,"
                 f" {options.concurrency} connections for ingest in {options.ingest_rounds}"

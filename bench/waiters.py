@@ -24,7 +24,7 @@ import psycopg
 
 from bench import database
 from bench.loadgen import LoadResult, Spec, build_request, read_answer, run_load
-from bench.procs import cpu_seconds
+from bench.procs import cpu_seconds, read_memory
 from bench.report import Measurements, WaiterRun, describe, quantile
 from bench.seed import LIST_CLIENT
 from bench.stack import POSTER, Stack, bearer
@@ -112,8 +112,29 @@ def _unrelated(stack: Stack, requests: list[bytes], window: float, name: str) ->
     return run_load(spec, requests)
 
 
-def run_waiters(stack: Stack, m: Measurements, count: int = WAITERS, window: float = 3.0) -> None:
-    """The waiter phase; fills `m.waiters` and a note."""
+def run_waiters(
+    stack: Stack, m: Measurements, count: int = WAITERS, window: float = 3.0, rounds: int = 1
+) -> None:
+    """The waiter phase `rounds` times; fills `m.waiter_rounds` and a note per round.
+
+    The table shows the round whose p99 ratio is the median of them all: one round's figure
+    moves with the shared machine's load, several show how much.
+    """
+    for number in range(1, rounds + 1):
+        run = _one_round(stack, m, count, window)
+        m.waiter_rounds.append(run)
+        label = f" (round {number} of {rounds})" if rounds > 1 else ""
+        m.notes.append(f"waiters{label}: {run.note}")
+    if rounds > 1:
+        ratios = ", ".join(f"{run.ratio:.2f}" for run in m.waiter_rounds)
+        lasts = ", ".join(f"{run.last_ms:.0f}" for run in m.waiter_rounds)
+        m.notes.append(
+            f"waiters over {rounds} rounds: unrelated GET p99 with waiters / idle {ratios};"
+            f" completion → last answered {lasts} ms"
+        )
+
+
+def _one_round(stack: Stack, m: Measurements, count: int, window: float) -> WaiterRun:
     assert stack.api is not None, "the API is not running"
     url = stack.database_url
     host = stack.api_url.removeprefix("http://")
@@ -138,11 +159,13 @@ def run_waiters(stack: Stack, m: Measurements, count: int = WAITERS, window: flo
     wait = build_request(
         "GET", f"/v1/tasks/{task_id}", host, {**bearer(POSTER), "Prefer": "wait=60"}
     )
+    before = read_memory(stack.api.pid)
     waiters = _Waiters("127.0.0.1", stack.api.port, wait, count)
     waiters.start()
     if not waiters.sent.wait(60):
         raise RuntimeError("the waiters could not all connect")
     _until_idle(stack.api.pid)
+    held = read_memory(stack.api.pid)
 
     loaded: list[LoadResult] = []
     load = threading.Thread(
@@ -167,13 +190,21 @@ def run_waiters(stack: Stack, m: Measurements, count: int = WAITERS, window: flo
     run.settled = sum(1 for _, status in waiters.answers if status == 200)
     run.last_ms = max(delays, default=math.nan)
     run.median_ms = quantile(delays, 0.5)
-    m.waiters = run
+    after = read_memory(stack.api.pid)
     database.execute(url, "DELETE FROM tasks WHERE id = %(id)s", {"id": task_id})
-    m.notes.append(
-        f"waiters: {count:,} requests held on one task, {run.settled:,} answered 200"
+    memory = (
+        f"; API resident memory {before.current_mb:.1f} MB before, {held.current_mb:.1f} MB"
+        f" with the waiters held, {after.current_mb:.1f} MB after (peak so far"
+        f" {after.peak_mb:.1f} MB)"
+        if before and held and after
+        else ""
+    )
+    run.note = (
+        f"{count:,} requests held on one task, {run.settled:,} answered 200"
         f" ({len(run.errors)} connection errors); completion → answered: median"
         f" {run.median_ms:.1f} ms, last {run.last_ms:.1f} ms; unrelated GETs with no waiter:"
         f" {describe(run.idle)}; with the waiters (the completion sent {LEAD:g} s after the"
         f" load generator started, {WARMUP:g} s of warm-up plus its start-up opening the"
-        f" window): {describe(run.loaded) if run.loaded else 'not measured'}"
+        f" window): {describe(run.loaded) if run.loaded else 'not measured'}{memory}"
     )
+    return run

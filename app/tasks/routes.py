@@ -1,14 +1,16 @@
 """The REST API internal services call: create, read, list and cancel edit tasks.
 
-Routes take the request's transaction (`SessionDep`) and pass it to the services. Four
+Routes take the request's transaction (`SessionDep`) and pass it to the services. Five
 named flows commit before they answer, because holding a transaction open would hold a
 connection across a wait or a call to the provider, or because the task writer commits
 each transition in a statement of its own:
 
 - **create, then wait** (`POST /v1/tasks` with `Prefer: wait`): the task and its job are
   committed first, so the worker can take it while the request waits;
-- **read, then wait** (`GET /v1/tasks/{id}` with `Prefer: wait`): one short read; the wait
-  that follows holds no session, each check is a read of its own;
+- **read, then wait** (`GET /v1/tasks/{id}` with `Prefer: wait`): no session is held while
+  waiting, each check is a short read of its own, shared by the caller's other waiters;
+- **read, then follow** (`GET /v1/tasks/{id}/stream`): the same, for as long as the stream
+  lasts (`app.tasks.watching`);
 - **refresh** (`POST /v1/tasks/{id}/refresh`): check the owner, poll the provider (the poll
   commits its own verdict, as a job does), then read the result;
 - **cancel** (`POST /v1/tasks/{id}/cancel`): check the owner, write the cancel through the
@@ -21,14 +23,14 @@ reads through a session it never began.
 from __future__ import annotations
 
 import re
-import uuid
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated
 
+import anyio
 import structlog
 from fastapi import APIRouter, Header, Query, Response
 from pydantic import BeforeValidator
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.db import transaction
 from app.deps import NOT_FOUND, PROBLEM, CallerDep, ResourcesDep, SessionDep, parse_task_id
@@ -40,6 +42,15 @@ from app.tasks.cancel import cancel_for_client
 from app.tasks.reconcile import poll_task
 from app.tasks.schemas import EventPage, EventRead, TaskCreate, TaskPage, TaskRead
 from app.tasks.transitions import cancel_refusal
+from app.tasks.watching import (
+    Watch,
+    read_shared,
+    read_task,
+    task_events,
+    to_read,
+    wait_headers,
+    wait_until_settled,
+)
 from app.vocabulary import EventOutcome, TaskStatus
 from app.waiting import parse_prefer_wait
 from app.webhooks.targets import check_webhook_url
@@ -47,6 +58,7 @@ from app.webhooks.targets import check_webhook_url
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 
 MAX_WAIT_SECONDS = 60.0
+STREAM_SHUTDOWN_GRACE_SECONDS = 2.0
 PreferHeader = Annotated[
     str | None,
     Header(
@@ -71,14 +83,9 @@ def _rfc3339(value: object) -> object:
 Timestamp = Annotated[datetime, BeforeValidator(_rfc3339)]
 
 
-def to_read(view: service.TaskView) -> TaskRead:
-    return TaskRead.model_validate(view, from_attributes=True)
-
-
-async def _read_task(resources: Resources, caller: str, task_id: uuid.UUID) -> service.TaskView:
-    """The client's task, in a short transaction of its own (for the named flows)."""
-    async with transaction(resources.sessions) as session:
-        return await service.get_task(session, caller, task_id)
+def _watch(resources: Resources) -> Watch:
+    assert resources.waiter is not None, "the API opens its resources with a waiter"
+    return Watch(resources.sessions, resources.waiter)
 
 
 @router.post(
@@ -123,7 +130,9 @@ async def create_task(
         response.headers["Idempotent-Replayed"] = "true"
     wait = parse_prefer_wait(prefer, maximum=MAX_WAIT_SECONDS)
     if wait:
-        view = (await wait_until_settled(resources, caller, task.id, wait, response)).view
+        shared, settled = await wait_until_settled(_watch(resources), caller, task.id, wait)
+        response.headers.update(wait_headers(wait, settled))
+        view = shared.view
     return to_read(view)
 
 
@@ -170,64 +179,99 @@ async def get_task(
     task_id: str,
     caller: CallerDep,
     resources: ResourcesDep,
-    response: Response,
     prefer: PreferHeader = None,
 ) -> TaskRead | Response:
     parsed = parse_task_id(task_id)
-    # Named flow "read, then wait": no session is held while waiting.
-    view = await _read_task(resources, caller, parsed)
     wait = parse_prefer_wait(prefer, maximum=MAX_WAIT_SECONDS)
-    if wait and view.settled:
-        # Nothing to wait for, and the preference was still honoured: say so.
-        response.headers["Preference-Applied"] = f"wait={wait:g}"
-        response.headers["Edithook-Wait"] = "settled"
-    elif wait:
-        shared = await wait_until_settled(resources, caller, parsed, wait, response)
-        # The body every waiter of that read shares, rendered once for all of them.
-        headers = {name: response.headers[name] for name in WAIT_HEADERS}
-        return Response(shared.body, media_type="application/json", headers=headers)
-    return to_read(view)
+    if not wait:
+        return to_read(await read_task(resources.sessions, caller, parsed))
+    # Named flow "read, then wait": no session is held while waiting. A task settled already
+    # is answered at once, and the preference was still honoured: the headers say so.
+    shared, settled = await wait_until_settled(_watch(resources), caller, parsed, wait)
+    # The body every waiter of that read shares, rendered once for all of them.
+    return shared.answer(wait_headers(wait, settled))
 
 
-WAIT_HEADERS = ("Preference-Applied", "Edithook-Wait")
+TASK_EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["event", "data", "id"],
+    "properties": {
+        "event": {"const": "task"},
+        "data": {
+            "type": "string",
+            "description": "The task, as `GET /v1/tasks/{id}` answers it.",
+            "contentMediaType": "application/json",
+            "contentSchema": {"$ref": "#/components/schemas/TaskRead"},
+        },
+        "id": {
+            "type": "string",
+            "pattern": "^[0-9]+\\.[0-9]+$",
+            "description": "The task's version: resume after it with `Last-Event-ID`.",
+        },
+    },
+}
 
 
-@dataclass(frozen=True)
-class SharedRead:
-    """One read of a waited-on task and its answer, rendered once: every request of the same
-    caller waiting on the task in this process gets this one object after a notification,
-    so a thousand waiters cost one query and one rendering, not a thousand of each."""
+@router.get(
+    "/{task_id}/stream",
+    summary="Follow a task as Server-Sent Events",
+    description=(
+        "A `task` event (the task exactly as `GET /v1/tasks/{id}` returns it) now and after "
+        "every change, a keep-alive comment every "
+        "`EDITHOOK_STREAM_KEEPALIVE_SECONDS` (15 s by default), and the end of the stream once "
+        "the task is settled — terminal, with every result image stored or failed; a settled "
+        "task's stream is its one event. Each event's `id` is the task's version: resuming "
+        "with `Last-Event-ID` sends the current state only if it has changed since."
+    ),
+    responses={
+        200: {
+            "description": "The events, until the task is settled.",
+            "content": {
+                "text/event-stream": {
+                    # Before OpenAPI 3.2 (`itemSchema`), the schema of an event stream is the
+                    # schema of one event.
+                    "schema": TASK_EVENT_SCHEMA,
+                    "example": 'event: task\r\ndata: {"id": "…", "status": "processing", …}'
+                    "\r\nid: 1796102098120931.0\r\n\r\n",
+                }
+            },
+        },
+        **NOT_FOUND,
+    },
+    response_class=EventSourceResponse,
+)
+async def stream_task(
+    task_id: str,
+    caller: CallerDep,
+    resources: ResourcesDep,
+    last_event_id: Annotated[
+        str | None,
+        Header(
+            alias="Last-Event-ID",
+            description="The `id` of the last event received: resume after it.",
+        ),
+    ] = None,
+) -> EventSourceResponse:
+    parsed = parse_task_id(task_id)
+    # Named flow "read, then follow": the first read answers 404 before the stream starts;
+    # no session is held while the stream waits.
+    watch = _watch(resources)
+    first = await read_shared(watch, caller, parsed)
+    structlog.contextvars.bind_contextvars(task_id=str(parsed))
+    # On shutdown the library sets `stopping` and gives the stream a moment to end cleanly
+    # before it cuts it.
+    stopping = anyio.Event()
+    return EventSourceResponse(
+        task_events(watch, caller, first, last_event_id, stopping),
+        ping=resources.settings.stream_keepalive_seconds,
+        ping_message_factory=_keep_alive,
+        shutdown_event=stopping,
+        shutdown_grace_period=STREAM_SHUTDOWN_GRACE_SECONDS,
+    )
 
-    view: service.TaskView
-    body: bytes
 
-
-async def wait_until_settled(
-    resources: Resources, caller: str, task_id: uuid.UUID, seconds: float, response: Response
-) -> SharedRead:
-    """Hold until the task is settled or `seconds` pass; woken by NOTIFY, not by polling.
-
-    No session is held while waiting: each check takes a connection for one query, which
-    every request of this caller waiting on the task shares.
-    """
-    latest: list[SharedRead] = []
-    waiter = resources.waiter
-    assert waiter is not None, "the API opens its resources with a waiter"
-
-    async def read() -> SharedRead:
-        view = await _read_task(resources, caller, task_id)
-        return SharedRead(view, to_read(view).model_dump_json().encode())
-
-    async def settled() -> bool:
-        latest[:] = [await waiter.read_once(task_id, caller, read)]
-        return latest[0].view.settled
-
-    done = await waiter.wait_until(task_id, settled, seconds)
-    response.headers["Preference-Applied"] = f"wait={seconds:g}"
-    response.headers["Edithook-Wait"] = "settled" if done else "timed-out"
-    if not latest:  # the waiter always checks once; this only guards the type
-        await settled()
-    return latest[-1]
+def _keep_alive() -> ServerSentEvent:
+    return ServerSentEvent(comment="keep-alive")
 
 
 @router.post(
@@ -255,7 +299,7 @@ async def refresh_task(task_id: str, caller: CallerDep, resources: ResourcesDep)
     )
     if result.outcome == EventOutcome.REJECTED:
         raise Conflict("The task has not been accepted by EvoLink yet; nothing to poll.")
-    return to_read(await _read_task(resources, caller, parsed))
+    return to_read(await read_task(resources.sessions, caller, parsed))
 
 
 @router.post(
@@ -282,7 +326,7 @@ async def cancel_task(task_id: str, caller: CallerDep, resources: ResourcesDep) 
     async with transaction(resources.sessions) as session:
         await service.require_owned(session, caller, parsed)
     await cancel_for_client(resources.pool, resources.sessions, parsed)
-    view = await _read_task(resources, caller, parsed)
+    view = await read_task(resources.sessions, caller, parsed)
     refusal = cancel_refusal(view.status)
     if refusal is not None:
         raise Conflict(refusal, task_status=view.status.value)

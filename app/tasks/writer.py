@@ -21,6 +21,7 @@ statement that may have committed is then judged afresh: at worst a duplicate ev
 from __future__ import annotations
 
 import functools
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -65,68 +66,114 @@ BOOKKEEPING = {
     "submitted": "submitted_at = COALESCE(t.submitted_at, now())",
 }
 
-# A guard over the locked row `prior`, its parameters prefixed by the arm (`a_`, `b_`).
-GUARD = """(prior.status = ANY(%({arm}statuses)s::text[])
-    AND prior.provider_task_id IS NOT DISTINCT FROM %({arm}provider_task_id)s::text
-    AND (NOT %({arm}exact)s::boolean OR (prior.progress = %({arm}progress)s::smallint
-         AND prior.usage IS NOT DISTINCT FROM %({arm}usage)s::jsonb
-         AND prior.estimated_seconds IS NOT DISTINCT FROM %({arm}estimate)s::float8))
-    AND (%({arm}n_values)s::text[] IS NULL
-         OR coalesce(prior.request ->> 'n', '') = ANY(%({arm}n_values)s::text[])))"""
+
+@dataclass(frozen=True)
+class Shape:
+    """What of a guard the statement's text holds: the statuses and `request.n` values it
+    accepts (as constants, which the plan folds) and whether the row's progress, usage and
+    estimate must be as judged. The provider id and those values are parameters."""
+
+    statuses: frozenset[TaskStatus]
+    exact: bool = False
+    n_values: frozenset[str] | None = None
+
+    @classmethod
+    def of(cls, guard: Guard) -> Shape:
+        return cls(guard.statuses, guard.unchanged is not None, guard.n_values)
+
+
+ALL_STATUSES = frozenset(TaskStatus)
+
+# Values written into the statement's text: statuses and `request.n` as text ("" for none).
+_CONSTANT = re.compile(r"[a-z0-9_]*")
+
+
+def _constants(values: frozenset[str]) -> str:
+    """`values` as an SQL list of string constants; only words made of [a-z0-9_]."""
+    if any(_CONSTANT.fullmatch(value) is None for value in values):
+        raise ValueError(f"not a status or an n: {sorted(values)}")
+    return ", ".join(f"'{value}'" for value in sorted(values))
+
+
+def _guard(arm: str, shape: Shape) -> str:
+    """The condition on the locked row `prior` that a guard of `shape` puts; its parameters
+    are prefixed by the arm (`a_`, `b_`)."""
+    conditions = [f"prior.provider_task_id IS NOT DISTINCT FROM %({arm}provider_task_id)s::text"]
+    if not shape.statuses:
+        conditions.append("false")
+    elif shape.statuses != ALL_STATUSES:
+        conditions.append(f"prior.status IN ({_constants(frozenset(shape.statuses))})")
+    if shape.exact:
+        conditions.append(
+            f"prior.progress = %({arm}progress)s::smallint"
+            f" AND prior.usage IS NOT DISTINCT FROM %({arm}usage)s::jsonb"
+            f" AND prior.estimated_seconds IS NOT DISTINCT FROM %({arm}estimate)s::float8"
+        )
+    if shape.n_values is not None:
+        conditions.append(
+            f"coalesce(prior.request ->> 'n', '') IN ({_constants(shape.n_values)})"
+            if shape.n_values
+            else "false"
+        )
+    return "(" + "\n             AND ".join(conditions) + ")"
+
 
 # `prior` locks the row (a concurrent write waits, then sees the latest version); `hit` says
 # which verdict holds for it: arm 1 (`a_`, which may change the task), arm 2 (`b_`, an
 # event-only alternative, such as the duplicate of a terminal callback), or none — then
-# nothing at all is written.
+# nothing at all is written. The parts in braces are there only when the verdict needs
+# them: a statement holds no result rows, copy job or notification that cannot happen.
 STATEMENT = """
 WITH prior AS (
-    SELECT id, status, provider_task_id, progress, usage, estimated_seconds, request
-    FROM tasks WHERE id = %(task_id)s FOR UPDATE
+    SELECT {prior_columns} FROM tasks WHERE id = %(task_id)s FOR UPDATE
 ), hit AS (
     SELECT prior.id, prior.status,
-           CASE WHEN {guard_a} THEN 1 WHEN %(b_outcome)s::text IS NOT NULL AND {guard_b} THEN 2
-           END AS arm
+           CASE WHEN {guard_a} THEN 1{arm_b} END AS arm
     FROM prior
-), moved AS (
-    {moved}
-), results AS (
-    INSERT INTO task_results (task_id, index, provider_url, status)
-    SELECT moved.id, r.ordinality - 1, r.url, '{result_pending}'
-    FROM moved, unnest(%(result_urls)s::text[]) WITH ORDINALITY AS r(url, ordinality)
-    ON CONFLICT (task_id, index) DO NOTHING
-    RETURNING 1
-), side_effects AS (
-    SELECT CASE WHEN %(notify)s::boolean THEN pg_notify('{channel}', moved.id::text) END,
-           CASE WHEN %(to_status)s::text = '{completed}'
-                 AND moved.from_status <> '{completed}' THEN procrastinate_defer_jobs_v1(ARRAY[ROW(
-               '{queue}', '{copy_job}', 0, 'results:' || moved.id::text, NULL,
-               jsonb_build_object('task_id', moved.id::text), NULL
-           )::procrastinate_job_to_defer_v1]) END
-    FROM moved
-){webhooks}, event AS (
+){moved}{results}{side_effects}{webhooks}, event AS (
     INSERT INTO task_events
         (task_id, kind, outcome, from_status, to_status, provider_status, detail, body, headers)
-    SELECT hit.id, %(kind)s,
-           CASE hit.arm WHEN 1 THEN %(a_outcome)s ELSE %(b_outcome)s END,
+    SELECT hit.id, %(kind)s, {outcome},
            CASE WHEN hit.arm = 1 AND hit.status <> %(to_status)s::text THEN hit.status END,
            CASE WHEN hit.arm = 1 AND hit.status <> %(to_status)s::text THEN %(to_status)s END,
-           %(provider_status)s,
-           CASE hit.arm WHEN 1 THEN %(a_detail)s ELSE %(b_detail)s END,
-           %(body)s, %(headers)s
+           %(provider_status)s, {detail}, %(body)s, %(headers)s
     FROM hit
     WHERE hit.arm IS NOT NULL
     RETURNING outcome
 )
-SELECT (SELECT outcome FROM event),
-       (SELECT count(*) FROM results) + (SELECT count(*) FROM side_effects)
+SELECT (SELECT outcome FROM event), {effects}
 FROM prior
 """
 
-# `moved` when the verdict or the event's bookkeeping sets something; else a row that is
-# not touched (an event-only verdict makes no new row version).
-UPDATE = """UPDATE tasks AS t SET {assignments} FROM hit
-    WHERE t.id = hit.id AND hit.arm = 1 RETURNING t.id, hit.status AS from_status"""
-UNTOUCHED = "SELECT id, status AS from_status FROM hit WHERE false"
+ARM_B = "\n                WHEN {guard_b} THEN 2"
+
+# `moved` when the verdict or the event's bookkeeping sets something (else nothing is
+# updated: an event-only verdict makes no new row version).
+MOVED = """, moved AS (
+    UPDATE tasks AS t SET {assignments} FROM hit
+    WHERE t.id = hit.id AND hit.arm = 1 RETURNING t.id, hit.status AS from_status
+)"""
+
+# The result rows a completion lists, waiting to be copied.
+RESULTS = """, results AS (
+    INSERT INTO task_results (task_id, index, provider_url, status)
+    SELECT moved.id, r.ordinality - 1, r.url, '{result_pending}'
+    FROM moved, unnest(%(result_urls)s::text[]) WITH ORDINALITY AS r(url, ordinality)
+    ON CONFLICT (task_id, index) DO NOTHING
+)"""
+
+# A change wakes the task's waiters; a task that becomes completed gets its copy job.
+SIDE_EFFECTS = """, side_effects AS (
+    SELECT pg_notify('{channel}', moved.id::text){copy_job}
+    FROM moved
+)"""
+
+COPY_JOB = """,
+           CASE WHEN moved.from_status <> '{completed}'
+                THEN procrastinate_defer_jobs_v1(ARRAY[ROW(
+               '{queue}', '{copy_job}', 0, 'results:' || moved.id::text, NULL,
+               jsonb_build_object('task_id', moved.id::text), NULL
+           )::procrastinate_job_to_defer_v1]) END"""
 
 READ = """
 SELECT status, provider_task_id, progress, request, usage, estimated_seconds, submitted_at,
@@ -137,28 +184,56 @@ FROM tasks WHERE id = %(task_id)s
 
 @functools.cache
 def statement_for(
-    columns: frozenset[str], bookkeeping: frozenset[str], *, tells: bool = False
+    columns: frozenset[str],
+    bookkeeping: frozenset[str],
+    guard: Shape,
+    otherwise: Shape | None = None,
+    *,
+    results: bool = False,
+    completes: bool = False,
+    tells: bool = False,
 ) -> LiteralString:
     """The statement that sets `columns` (names from CHANGEABLE) and does `bookkeeping`
-    (names from BOOKKEEPING) on a task whose row holds one of its guards; with `tells`, it
-    also makes the webhook messages of a move into the verdict's status."""
+    (names from BOOKKEEPING) on a task whose row holds a guard of shape `guard`, else
+    records an event-only verdict when it holds one of shape `otherwise`. With `results`,
+    it adds the result rows listed; with `completes`, the copy job of a task it completes;
+    with `tells`, the webhook messages of a move into the verdict's status."""
     unknown = (columns - CHANGEABLE) | (bookkeeping - BOOKKEEPING.keys())
     if unknown:
         raise ValueError(f"the writer cannot change {sorted(unknown)}")
+    if (results or completes or tells) and not columns:
+        raise ValueError("only a verdict that changes the task adds results or a copy job")
     parts = [ASSIGNMENTS.get(column, f"{column} = %(set_{column})s") for column in sorted(columns)]
     if columns:
         parts.append("updated_at = now()")
     parts += [BOOKKEEPING[name] for name in sorted(bookkeeping)]
-    moved = UPDATE.format(assignments=", ".join(parts)) if parts else UNTOUCHED
+    shapes = [guard] if otherwise is None else [guard, otherwise]
+    prior = ["id", "status", "provider_task_id"]
+    if any(shape.exact for shape in shapes):
+        prior += ["progress", "usage", "estimated_seconds"]
+    if any(shape.n_values for shape in shapes):
+        prior.append("request")
+    copy_job = (
+        COPY_JOB.format(completed=TaskStatus.COMPLETED.value, queue=QUEUE, copy_job=STORE_RESULTS)
+        if completes
+        else ""
+    )
     return STATEMENT.format(
-        guard_a=GUARD.format(arm="a_"),
-        guard_b=GUARD.format(arm="b_"),
-        moved=moved,
-        channel=TASK_CHANNEL,
-        queue=QUEUE,
-        copy_job=STORE_RESULTS,
-        completed=TaskStatus.COMPLETED.value,
-        result_pending=ResultStatus.PENDING.value,
+        prior_columns=", ".join(prior),
+        guard_a=_guard("a_", guard),
+        arm_b="" if otherwise is None else ARM_B.format(guard_b=_guard("b_", otherwise)),
+        moved=MOVED.format(assignments=", ".join(parts)) if parts else "",
+        results=RESULTS.format(result_pending=ResultStatus.PENDING.value) if results else "",
+        side_effects=SIDE_EFFECTS.format(channel=TASK_CHANNEL, copy_job=copy_job)
+        if columns
+        else "",
+        outcome="%(a_outcome)s"
+        if otherwise is None
+        else "CASE hit.arm WHEN 1 THEN %(a_outcome)s ELSE %(b_outcome)s END",
+        detail="%(a_detail)s"
+        if otherwise is None
+        else "CASE hit.arm WHEN 1 THEN %(a_detail)s ELSE %(b_detail)s END",
+        effects="(SELECT count(*) FROM side_effects)" if columns else "0",
         webhooks=webhook_messages.WRITER_CTE if tells else "",
     )
 
@@ -221,18 +296,15 @@ def _value(value: Any) -> Any:
     return value
 
 
-def _guard_params(arm: str, guard: Guard | None) -> dict[str, Any]:
-    exact = guard is not None and guard.unchanged is not None
-    progress, usage, estimate = guard.unchanged if guard and guard.unchanged else (0, None, None)
-    return {
-        f"{arm}statuses": sorted(s.value for s in guard.statuses) if guard else [],
-        f"{arm}provider_task_id": guard.provider_task_id if guard else None,
-        f"{arm}exact": exact,
-        f"{arm}progress": progress,
-        f"{arm}usage": Jsonb(usage) if usage is not None else None,
-        f"{arm}estimate": estimate,
-        f"{arm}n_values": sorted(guard.n_values) if guard and guard.n_values is not None else None,
-    }
+def _guard_params(arm: str, guard: Guard) -> dict[str, Any]:
+    """The parameters of a guard's condition (see `_guard`)."""
+    params: dict[str, Any] = {f"{arm}provider_task_id": guard.provider_task_id}
+    if guard.unchanged is not None:
+        progress, usage, estimate = guard.unchanged
+        params[f"{arm}progress"] = progress
+        params[f"{arm}usage"] = Jsonb(usage) if usage is not None else None
+        params[f"{arm}estimate"] = estimate
+    return params
 
 
 def prepare(
@@ -249,26 +321,38 @@ def prepare(
     bookkeeping = frozenset(
         name for name, on in (("polled", event.polled), ("submitted", event.submitted)) if on
     )
-    alternative, alternative_guard = otherwise if otherwise else (None, None)
+    columns = frozenset(verdict.changes)
     params: dict[str, Any] = {
         **{f"set_{column}": _value(value) for column, value in verdict.changes.items()},
         **_guard_params("a_", guard),
-        **_guard_params("b_", alternative_guard),
         "task_id": task_id,
         "a_outcome": verdict.outcome.value,
         "a_detail": verdict.detail,
-        "b_outcome": alternative.outcome.value if alternative else None,
-        "b_detail": alternative.detail if alternative else None,
         "to_status": verdict.to_status.value if verdict.to_status else None,
-        "notify": bool(verdict.changes),
-        "result_urls": list(verdict.result_urls),
         "kind": event.kind.value,
         "provider_status": event.provider_status,
         "body": event.body,
         "headers": Jsonb(dict(event.headers)) if event.headers is not None else None,
     }
-    tells = webhook_messages.tells(verdict.to_status)
-    return statement_for(frozenset(verdict.changes), bookkeeping, tells=tells), params
+    if verdict.result_urls:
+        params["result_urls"] = list(verdict.result_urls)
+    alternative = None
+    if otherwise is not None:
+        alternative_verdict, alternative_guard = otherwise
+        alternative = Shape.of(alternative_guard)
+        params.update(_guard_params("b_", alternative_guard))
+        params["b_outcome"] = alternative_verdict.outcome.value
+        params["b_detail"] = alternative_verdict.detail
+    statement = statement_for(
+        columns,
+        bookkeeping,
+        Shape.of(guard),
+        alternative,
+        results=bool(verdict.result_urls),
+        completes=verdict.to_status == TaskStatus.COMPLETED and bool(columns),
+        tells=webhook_messages.tells(verdict.to_status) and bool(columns),
+    )
+    return statement, params
 
 
 async def write(

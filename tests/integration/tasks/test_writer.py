@@ -464,18 +464,6 @@ async def test_an_exhausted_pool_says_unavailable_instead_of_waiting(db: Databas
         await small.close()
 
 
-def test_a_column_outside_the_whitelist_is_refused() -> None:
-    """Column names are interpolated into the SQL, so only known ones are accepted."""
-    with pytest.raises(ValueError, match=r"cannot change \['client', 'request'\]"):
-        writer.statement_for(frozenset({"status", "client", "request"}), frozenset())
-    with pytest.raises(ValueError, match=r"cannot change \['rewound'\]"):
-        writer.statement_for(frozenset({"status"}), frozenset({"rewound"}))
-    statement = writer.statement_for(frozenset({"status", "progress"}), frozenset({"polled"}))
-    assert "progress = GREATEST(t.progress, %(set_progress)s)" in statement
-    assert "status = %(set_status)s" in statement
-    assert "poll_count = t.poll_count + 1" in statement
-
-
 async def test_the_direct_pool_plans_each_statement_once(db: Database) -> None:
     """A pooled connection prepares the claim on its first execution and reuses one generic
     plan: planning the statements costs more than running them."""
