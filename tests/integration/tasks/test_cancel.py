@@ -23,8 +23,16 @@ from app.main import create_app
 from app.resources import Resources
 from app.servers import RunningServer, bind, socket_url, start_server
 from app.tasks import cancel, submission
-from tests.conftest import Service, truncate
-from tests.helpers import ALPHA_KEY, BETA_KEY, create_task, events, make_settings, wait_for_task
+from tests.conftest import Service
+from tests.helpers import (
+    ALPHA_KEY,
+    BETA_KEY,
+    create_task,
+    events,
+    make_settings,
+    named_task,
+    wait_for_task,
+)
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +57,8 @@ async def lone_service(
 
 
 @pytest.fixture
-async def alpha(
-    lone_service: Service, private_database_url: str
-) -> AsyncIterator[httpx.AsyncClient]:
-    await truncate(private_database_url)
+async def alpha(lone_service: Service) -> AsyncIterator[httpx.AsyncClient]:
+    """The module's service's client `alpha`; its database is the module's own."""
     headers = {"Authorization": f"Bearer {ALPHA_KEY}"}
     async with httpx.AsyncClient(base_url=lone_service.url, headers=headers, timeout=30) as c:
         yield c
@@ -88,10 +94,7 @@ async def stats(sim: httpx.AsyncClient) -> dict[str, int]:
 async def created_for(sim: httpx.AsyncClient) -> list[str]:
     """Our task ids the simulator created a task for (its callback URL names ours)."""
     records = (await sim.get("/_sim/tasks")).json()
-    return [
-        r["request"]["callback_url"].split("/v1/callbacks/evolink/")[1].split("/")[0]
-        for r in records
-    ]
+    return [str(named_task(r["request"]["callback_url"])) for r in records]
 
 
 async def sql(url: str, statement: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -240,6 +243,7 @@ async def test_the_reconciler_cancels_a_task_still_queued_at_its_cancel_at(
         uuid.UUID(refused["id"]),
     )
 
+    # The module's database holds no other task past its cancel_at.
     assert await cancel.cancel_overdue(resources.pool, resources.sessions) == 1
     done = (await alpha.get(f"/v1/tasks/{refused['id']}")).json()
     assert done["status"] == "cancelled"
