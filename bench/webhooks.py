@@ -24,6 +24,7 @@ The endpoints are deleted at the end (their messages with them).
 from __future__ import annotations
 
 import math
+import os
 import time
 from itertools import pairwise
 from typing import Any
@@ -35,7 +36,7 @@ from app.jobs import DELIVER_WEBHOOK, QUEUE, STORE_RESULTS, WEBHOOK_PRIORITY
 from app.vocabulary import MessageStatus, WebhookType
 from bench import database
 from bench.api_phases import EDIT
-from bench.procs import cpu_seconds
+from bench.procs import cpu_cores, cpu_seconds, cpu_snapshot
 from bench.report import Measurements, WebhookRun, quantile
 from bench.seed import LIST_CLIENT
 from bench.stack import POSTER, Stack, bearer
@@ -125,6 +126,7 @@ def _register(stack: Stack, client: str, name: str) -> dict[str, Any]:
 def _latency(stack: Stack, m: Measurements, run: WebhookRun) -> None:
     assert stack.receiver is not None
     arrivals: dict[str, dict[str, Any]] = {}
+    busy = _Busy(stack)
     with (
         httpx.Client(base_url=stack.api_url, headers=bearer(POSTER), timeout=60) as api,
         httpx.Client(base_url=stack.receiver.url or "", timeout=60) as receiver,
@@ -139,6 +141,7 @@ def _latency(stack: Stack, m: Measurements, run: WebhookRun) -> None:
                 raise RuntimeError(f"no verified {SUCCEEDED} arrived for task {task_id}")
             arrivals[task_id] = got.json()
         everything = receiver.get(f"/_bench/received/{LATENCY}").json()
+    machine = busy.describe()
     with httpx.Client(base_url=stack.simulator_url, timeout=30) as sim:
         completed = {
             task_id: sim.get(f"/_sim/tasks/{arrival['provider']}").json()["callbacks"][0]["at"]
@@ -164,7 +167,7 @@ def _latency(stack: Stack, m: Measurements, run: WebhookRun) -> None:
         f"webhooks: {run.tasks} tasks created one at a time with the worker running, each"
         f" waited for until its {SUCCEEDED} arrived verified at the receiver; arrivals"
         f" {', '.join(f'{kind} {n}' for kind, n in sorted(kinds.items()))}; completion →"
-        f" received p50 / p90 / p99 / max {_three(run.received_ms, 0.9)} ms"
+        f" received p50 / p90 / p99 / max {_three(run.received_ms, 0.9)} ms; {machine}"
     )
     m.notes.append(
         "webhooks, completion → received split (p50 / p99 / max, ms): "
@@ -183,6 +186,30 @@ def _latency(stack: Stack, m: Measurements, run: WebhookRun) -> None:
         f" delivery jobs started more than 1 s after their message was made:"
         f" {sum(1 for value in pickups if value > 1000)}"
     )
+
+
+class _Busy:
+    """The cores the machine had busy over a stretch, and whose: the shared machine's
+    contention is what moves these figures most."""
+
+    def __init__(self, stack: Stack) -> None:
+        children = (stack.api, stack.worker, stack.simulator, stack.receiver)
+        self.pids = {child.name: child.pid for child in children if child is not None}
+        self.load = os.getloadavg()[0]
+        self.started = time.monotonic()
+        self.before = cpu_snapshot(self.pids)
+
+    def describe(self) -> str:
+        seconds = time.monotonic() - self.started
+        cores = cpu_cores(self.before, cpu_snapshot(self.pids), seconds)
+        machine = cores.pop("machine", math.nan)
+        cores["harness"] = cores.pop("load generator", 0.0)  # this process
+        other = machine - sum(cores.values())
+        mine = ", ".join(f"{name} {used:.2f}" for name, used in cores.items())
+        return (
+            f"load {self.load:.2f}→{os.getloadavg()[0]:.2f}; {machine:.2f} cores busy: {mine}"
+            f" (Postgres: every backend, others' too), other users {other:.2f}"
+        )
 
 
 def _three(values: list[float], *also: float) -> str:
@@ -208,6 +235,7 @@ def _drain(stack: Stack, m: Measurements, run: WebhookRun, endpoint_id: str) -> 
     if len(ids) < run.messages:
         raise RuntimeError(f"only {len(ids)} completed tasks of {LIST_CLIENT} for the messages")
     cpu_before = cpu_seconds(stack.worker.pid) or 0.0
+    busy = _Busy(stack)
     with psycopg.connect(url) as conn:
         conn.execute(DRAIN_INSERT, {"client": LIST_CLIENT, "endpoint": endpoint_id, "ids": ids})
         conn.commit()
@@ -225,6 +253,7 @@ def _drain(stack: Stack, m: Measurements, run: WebhookRun, endpoint_id: str) -> 
             ).fetchone()
             delivered = int(row[0]) if row else 0
     cpu = (cpu_seconds(stack.worker.pid) or 0.0) - cpu_before
+    machine = busy.describe()
     with httpx.Client(base_url=stack.receiver.url or "", timeout=60) as receiver:
         everything = receiver.get(f"/_bench/received/{DRAIN}").json()
     times = sorted(record["at"] for record in everything["received"])
@@ -243,5 +272,6 @@ def _drain(stack: Stack, m: Measurements, run: WebhookRun, endpoint_id: str) -> 
         f" {span:.2f} s after its commit ({run.rate:.1f}/s; first {first:.0f} ms"
         f" after it, then {steady:.1f}/s from first to last); worker CPU"
         f" {run.worker_cpu_ms:.2f} ms a message ({cpu / span:.2f} of a core);"
-        f" receiver: {run.failures} verification failures, {run.duplicates} duplicate arrivals"
+        f" receiver: {run.failures} verification failures, {run.duplicates} duplicate arrivals;"
+        f" {machine}"
     )
