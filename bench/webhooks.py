@@ -36,7 +36,7 @@ from app.jobs import DELIVER_WEBHOOK, QUEUE, STORE_RESULTS, WEBHOOK_PRIORITY
 from app.vocabulary import MessageStatus, WebhookType
 from bench import database
 from bench.api_phases import EDIT
-from bench.procs import cpu_cores, cpu_seconds, cpu_snapshot
+from bench.procs import cpu_cores, cpu_seconds, cpu_snapshot, postgres_cpu_by_pid
 from bench.report import Measurements, WebhookRun, quantile
 from bench.seed import LIST_CLIENT
 from bench.stack import POSTER, Stack, bearer
@@ -198,10 +198,14 @@ class _Busy:
         self.load = os.getloadavg()[0]
         self.started = time.monotonic()
         self.before = cpu_snapshot(self.pids)
+        self.postgres = postgres_cpu_by_pid()
 
     def describe(self) -> str:
         seconds = time.monotonic() - self.started
         cores = cpu_cores(self.before, cpu_snapshot(self.pids), seconds)
+        used = postgres_cpu_by_pid()
+        postgres = sum(now - self.postgres.get(pid, 0.0) for pid, now in used.items())
+        cores["postgres"] = postgres / seconds
         machine = cores.pop("machine", math.nan)
         cores["harness"] = cores.pop("load generator", 0.0)  # this process
         other = machine - sum(cores.values())
