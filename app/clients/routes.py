@@ -5,6 +5,7 @@ transaction (`SessionDep`) and calls the service.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import APIRouter, Depends, Response
@@ -20,7 +21,7 @@ from app.clients.schemas import (
     KeyRead,
 )
 from app.deps import PROBLEM, SessionDep, get_admin
-from app.models import Client
+from app.models import ApiKey, Client
 
 router = APIRouter(tags=["admin"], dependencies=[Depends(get_admin)])
 
@@ -35,6 +36,18 @@ def client_read(client: Client) -> ClientRead:
     return ClientRead.model_validate(client, from_attributes=True)
 
 
+def client_list(clients: Sequence[Client]) -> ClientList:
+    return ClientList(items=[client_read(c) for c in clients])
+
+
+def key_read(row: ApiKey) -> KeyRead:
+    return KeyRead.model_validate(row, from_attributes=True)
+
+
+def key_list(rows: Sequence[ApiKey]) -> KeyList:
+    return KeyList(items=[key_read(row) for row in rows])
+
+
 @router.post(CLIENTS, status_code=201, summary="Make a client", responses=TAKEN)
 async def create_client(body: ClientCreate, session: SessionDep) -> ClientRead:
     return client_read(await service.create_client(session, body))
@@ -42,7 +55,7 @@ async def create_client(body: ClientCreate, session: SessionDep) -> ClientRead:
 
 @router.get(CLIENTS, summary="List the clients")
 async def list_clients(session: SessionDep) -> ClientList:
-    return ClientList(items=[client_read(c) for c in await service.list_clients(session)])
+    return client_list(await service.list_clients(session))
 
 
 @router.get(CLIENTS + "/{name}", summary="Get a client", responses=NO_CLIENT)
@@ -74,8 +87,7 @@ async def create_key(name: str, session: SessionDep) -> KeyCreated:
 
 @router.get(CLIENTS + "/{name}/keys", summary="List a client's keys", responses=NO_CLIENT)
 async def list_keys(name: str, session: SessionDep) -> KeyList:
-    rows = await service.list_keys(session, name)
-    return KeyList(items=[KeyRead.model_validate(r, from_attributes=True) for r in rows])
+    return key_list(await service.list_keys(session, name))
 
 
 @router.delete(
