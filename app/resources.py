@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.clients.keys import KEYS_CHANNEL, KeyCache
 from app.clients.service import seed
-from app.db import create_engine, create_pool, create_sessionmaker, transaction
+from app.db import create_engine, create_pool, create_sessionmaker
 from app.evolink.client import EvoLinkClient, build_http_client
 from app.results.storage import ResultStorage
 from app.security import AdminKeys
@@ -88,8 +88,8 @@ async def open_resources(settings: Settings, *, listen: bool = False) -> AsyncIt
     try:
         await pool.open(wait=True)
         if waiter is not None:
-            async with transaction(sessions) as session:
-                await seed(session, settings.client_keys)
+            async with pool.connection() as connection:
+                await seed(connection, settings.client_keys)
             await waiter.start()
             keys.listening = _is_listening(waiter)
             # After LISTEN: a change committed from now on is heard, one before it is read.

@@ -12,12 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from sqlalchemy import delete
 
 from app.clients.keys import KeyEntry
 from app.clients.service import seed
-from app.db import transaction
-from app.models import ApiKey, Client
 from tests.helpers import ADMIN_KEY, ALPHA_KEY, VALID_EDIT
 
 if TYPE_CHECKING:
@@ -144,10 +141,10 @@ async def test_a_bounded_schemathesis_run_finds_nothing(service: Service, clean_
 
 async def restore_clients(service: Service) -> None:
     """Undo what the run did to clients and keys (it may disable `alpha`, revoke its key)."""
-    async with transaction(service.resources.sessions) as session:
-        await session.execute(delete(ApiKey))
-        await session.execute(delete(Client))
-        await seed(session, service.settings.client_keys)
+    async with service.resources.pool.connection() as connection, connection.transaction():
+        await connection.execute("DELETE FROM api_keys")
+        await connection.execute("DELETE FROM clients")
+        await seed(connection, service.settings.client_keys)
     keys = service.resources.api_keys
     deadline = time.monotonic() + 10
     while not all((keys.lookup(key) or _GONE).active for key in service.settings.client_keys):

@@ -186,16 +186,16 @@ async def test_seeding_is_idempotent_and_keeps_a_revocation(
     """EDITHOOK_API_KEYS at every start: a key stored once, and revoked it stays revoked."""
     key = f"seeded-{uuid.uuid4().hex}"
     for _ in range(2):
-        async with transaction(service.resources.sessions) as session:
-            await seed(session, {key: client_name})
+        async with service.resources.pool.connection() as connection:
+            await seed(connection, {key: client_name})
     listed = (await admin.get(f"/v1/admin/clients/{client_name}/keys")).json()["items"]
     assert len(listed) == 1
     async with httpx.AsyncClient(base_url=service.url) as http:
         assert (await _until_status(http, key, 200)).status_code == 200
         await admin.delete(f"/v1/admin/clients/{client_name}/keys/{listed[0]['id']}")
         assert (await _until_status(http, key, 401)).status_code == 401
-        async with transaction(service.resources.sessions) as session:
-            await seed(session, {key: client_name})
+        async with service.resources.pool.connection() as connection:
+            await seed(connection, {key: client_name})
         listed = (await admin.get(f"/v1/admin/clients/{client_name}/keys")).json()["items"]
         assert len(listed) == 1
         assert listed[0]["revoked_at"] is not None
