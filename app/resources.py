@@ -13,7 +13,7 @@ from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.clients.keys import KEYS_CHANNEL, KeyCache
-from app.clients.service import seed
+from app.clients.seeding import seed
 from app.db import create_engine, create_pool, create_sessionmaker
 from app.evolink.client import EvoLinkClient, build_http_client
 from app.results.storage import ResultStorage

@@ -19,8 +19,15 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.clients import service
-from app.clients.routes import client_list, client_read, key_list, key_read
-from app.clients.schemas import ClientCreate, ClientUpdate, KeyCreated
+from app.clients.schemas import (
+    ClientCreate,
+    ClientUpdate,
+    KeyCreated,
+    client_list,
+    client_read,
+    key_list,
+    key_read,
+)
 from app.db import create_engine, create_sessionmaker, transaction
 from app.errors import PROBLEM_BASE, ProblemError, Unprocessable, validation_errors
 from app.vocabulary import BudgetPeriod, ClientStatus

@@ -5,7 +5,6 @@ transaction (`SessionDep`) and calls the service.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from fastapi import APIRouter, Depends, Response
@@ -18,10 +17,11 @@ from app.clients.schemas import (
     ClientUpdate,
     KeyCreated,
     KeyList,
-    KeyRead,
+    client_list,
+    client_read,
+    key_list,
 )
 from app.deps import PROBLEM, SessionDep, get_admin
-from app.models import ApiKey, Client
 
 router = APIRouter(tags=["admin"], dependencies=[Depends(get_admin)])
 
@@ -30,22 +30,6 @@ Responses = dict[int | str, dict[str, Any]]
 NO_CLIENT: Responses = {404: {"description": "No such client.", **PROBLEM}}
 NO_KEY: Responses = {404: {"description": "No such client, or no such key of it.", **PROBLEM}}
 TAKEN: Responses = {409: {"description": "A client of that name exists.", **PROBLEM}}
-
-
-def client_read(client: Client) -> ClientRead:
-    return ClientRead.model_validate(client, from_attributes=True)
-
-
-def client_list(clients: Sequence[Client]) -> ClientList:
-    return ClientList(items=[client_read(c) for c in clients])
-
-
-def key_read(row: ApiKey) -> KeyRead:
-    return KeyRead.model_validate(row, from_attributes=True)
-
-
-def key_list(rows: Sequence[ApiKey]) -> KeyList:
-    return KeyList(items=[key_read(row) for row in rows])
 
 
 @router.post(CLIENTS, status_code=201, summary="Make a client", responses=TAKEN)

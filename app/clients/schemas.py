@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated
 
@@ -105,3 +106,22 @@ class KeyRead(BaseModel):
 
 class KeyList(BaseModel):
     items: list[KeyRead]
+
+
+# Responses are validated from the rows (ORM objects of app.models).
+
+
+def client_read(row: object) -> ClientRead:
+    return ClientRead.model_validate(row, from_attributes=True)
+
+
+def client_list(rows: Sequence[object]) -> ClientList:
+    return ClientList(items=[client_read(row) for row in rows])
+
+
+def key_read(row: object) -> KeyRead:
+    return KeyRead.model_validate(row, from_attributes=True)
+
+
+def key_list(rows: Sequence[object]) -> KeyList:
+    return KeyList(items=[key_read(row) for row in rows])

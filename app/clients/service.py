@@ -11,11 +11,10 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.clients.keys import KEYS_CHANNEL, notify_keys_changed
+from app.clients.keys import notify_keys_changed
 from app.clients.schemas import ClientCreate, ClientUpdate, Limits
 from app.errors import Conflict, NotFound
 from app.models import ApiKey, Client
@@ -114,25 +113,3 @@ async def revoke_key(session: AsyncSession, name: str, key_id: uuid.UUID) -> Api
         await session.flush()
         await notify_keys_changed(session)
     return row
-
-
-async def seed(connection: psycopg.AsyncConnection[Any], keys: Mapping[str, str]) -> None:
-    """Store EDITHOOK_API_KEYS' clients and keys (key → client), hashed, if not there yet.
-
-    Idempotent, and the database wins: a key already stored keeps its client and, if an
-    operator revoked it, stays revoked; a client already stored keeps its status and limits.
-    Runs on a connection of the direct pool (the API's start opens no engine connection).
-    """
-    if not keys:
-        return
-    async with connection.transaction(), connection.cursor() as cursor:
-        await cursor.executemany(
-            "INSERT INTO clients (name) VALUES (%s) ON CONFLICT DO NOTHING",
-            [(name,) for name in sorted(set(keys.values()))],
-        )
-        await cursor.executemany(
-            "INSERT INTO api_keys (id, client, hash) VALUES (%s, %s, %s)"
-            " ON CONFLICT (hash) DO NOTHING",
-            [(uuid.uuid4(), client, key_digest(key)) for key, client in keys.items()],
-        )
-        await cursor.execute("SELECT pg_notify(%s, '')", (KEYS_CHANNEL,))

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from app.clients.keys import KeyEntry
-from app.clients.service import seed
+from app.clients.seeding import seed
 from tests.helpers import ADMIN_KEY, ALPHA_KEY, VALID_EDIT
 
 if TYPE_CHECKING:

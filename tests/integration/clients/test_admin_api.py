@@ -10,7 +10,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from app.clients.service import seed
+from app.clients.seeding import seed
 from app.db import transaction
 from app.models import ApiKey
 from app.servers import RunningServer
