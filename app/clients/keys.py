@@ -142,6 +142,7 @@ class KeyCache:
         await self.flush()
 
     async def _refresh(self) -> None:
+        failing = False
         while True:
             interval = self._refresh_interval if self.listening() else self._fallback_interval
             with contextlib.suppress(TimeoutError):
@@ -152,10 +153,17 @@ class KeyCache:
             try:
                 await self.load()
             except Exception as exc:
-                # The keys in hand stay valid until a reload succeeds.
-                logger.warning("Reloading the API keys failed (%s)", type(exc).__name__)
+                # The keys in hand stay valid until a reload succeeds. One warning an outage,
+                # not one a second.
+                log = logger.debug if failing else logger.warning
+                log("Reloading the API keys failed (%s); keeping those in hand", type(exc).__name__)
+                failing = True
                 await asyncio.sleep(self._fallback_interval)
                 self._stale.set()
+            else:
+                if failing:
+                    logger.info("API keys reloaded")
+                failing = False
 
     async def _flush_often(self) -> None:
         while True:
