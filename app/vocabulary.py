@@ -55,6 +55,7 @@ class EventKind(StrEnum):
     POLL = "poll"
     STORAGE = "storage"  # copying result images into our storage
     SYSTEM = "system"  # edithook's own decisions, such as giving up on a silent submission
+    CLIENT = "client"  # the task's client asked for it (a cancel)
 
 
 class EventOutcome(StrEnum):
@@ -81,6 +82,7 @@ class ResolvedBy(StrEnum):
     POLL = "poll"
     SUBMISSION = "submission"  # the create's own answer
     SYSTEM = "system"  # edithook's own decision (a time limit, a vanished provider task)
+    CLIENT = "client"  # the task's client cancelled it before it was submitted
 
 
 # The provider's largest `n`: no task may ask for, or have, more results than that.

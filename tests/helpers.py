@@ -63,6 +63,35 @@ async def events(api: httpx.AsyncClient, task_id: str) -> list[dict[str, Any]]:
     return items
 
 
+async def own_task_ids(api: httpx.AsyncClient) -> set[str]:
+    """The ids of every task of `api`'s client (a test's own client: its tasks alone)."""
+    ids: set[str] = set()
+    params: dict[str, str | int] = {"limit": 100}
+    while True:
+        response = await api.get("/v1/tasks", params=params)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        ids.update(item["id"] for item in page["items"])
+        if page["next_cursor"] is None:
+            return ids
+        params["cursor"] = page["next_cursor"]
+
+
+async def provider_tasks(sim: httpx.AsyncClient, task_ids: set[str]) -> list[dict[str, Any]]:
+    """The simulator's records of the tasks it created for `task_ids`, oldest first: a create's
+    callback URL names the task it is for."""
+    response = await sim.get("/_sim/tasks")
+    assert response.status_code == 200, response.text
+    records: list[dict[str, Any]] = response.json()
+    return [r for r in records if named_task(r["request"]["callback_url"]) in task_ids]
+
+
+def named_task(callback_url: str | None) -> str | None:
+    """The task id a callback URL (`…/v1/callbacks/evolink/{task_id}/{token}`) names."""
+    segments = urlsplit(callback_url or "").path.split("/")
+    return segments[-2] if len(segments) >= 2 else None
+
+
 def with_database(url: str, name: str) -> str:
     """`url` pointed at the database `name` on the same server."""
     return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
@@ -84,7 +113,12 @@ def migrated_database(admin_url: str, prefix: str) -> Iterator[str]:
 
 
 def make_settings(
-    database_url: str, provider_url: str, public_url: str, **extra: object
+    database_url: str,
+    provider_url: str,
+    public_url: str,
+    *,
+    api_keys: str = f"alpha:{ALPHA_KEY},beta:{BETA_KEY}",
+    **extra: object,
 ) -> Settings:
     values: dict[str, object] = {"admin_keys": ADMIN_KEY, "submit_attempts": 4, **extra}
     return Settings(
@@ -94,7 +128,7 @@ def make_settings(
         evolink_api_key="sk-test-key",
         public_base_url=public_url,
         callback_secret=CALLBACK_SECRET,
-        api_keys=f"alpha:{ALPHA_KEY},beta:{BETA_KEY}",
+        api_keys=api_keys,
         **values,  # type: ignore[arg-type]
     )
 

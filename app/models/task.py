@@ -95,6 +95,8 @@ class Task(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Where this task's events are sent (besides the client's endpoints); None: nowhere.
     webhook_url: Mapped[str | None] = mapped_column(Text)
+    # When a task still not submitted is cancelled (`cancel_after_seconds`); None: never.
+    cancel_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
         CheckConstraint(_one_of("status", TaskStatus), name="status"),
@@ -116,6 +118,14 @@ class Task(Base):
             "status",
             "updated_at",
             postgresql_where=text(f"status IN ({sql_list(IN_FLIGHT)})"),
+        ),
+        # The reconciler's look for queued tasks past their `cancel_at`.
+        Index(
+            "ix_tasks_cancel_at",
+            "cancel_at",
+            postgresql_where=text(
+                f"status = '{TaskStatus.QUEUED.value}' AND cancel_at IS NOT NULL"
+            ),
         ),
         Index(
             "ix_tasks_finished_at",

@@ -1,4 +1,5 @@
-"""Polling the provider for tasks whose callback is late, and giving up on silent ones.
+"""Polling the provider for tasks whose callback is late, giving up on silent ones, and
+cancelling queued tasks past their `cancel_after_seconds` (`app.tasks.cancel`).
 
 EvoLink retries a callback for under a minute, then drops it; any outage or deploy in that
 window would lose a completion. Polling is therefore the required fallback, and a poll's
@@ -22,6 +23,7 @@ from app.models import Task
 from app.security import callback_token
 from app.settings import Settings
 from app.tasks import writer
+from app.tasks.cancel import cancel_overdue
 from app.tasks.transitions import TaskState, Verdict, fail, judge
 from app.tasks.writer import Event
 from app.vocabulary import TERMINAL, EventKind, EventOutcome, TaskStatus
@@ -42,6 +44,7 @@ class PollResult:
 class ReconcileReport:
     polled: int = 0
     given_up: int = 0
+    cancelled: int = 0
 
 
 async def poll_task(
@@ -194,15 +197,15 @@ async def reconcile(
     evolink: EvoLinkClient,
     settings: Settings,
 ) -> ReconcileReport:
-    """One reconciler run: give up on silent submissions, then poll what is overdue.
+    """One reconciler run: cancel queued tasks past their `cancel_at`, give up on silent
+    submissions, then poll what is overdue.
 
     Its reads and writes are short transactions of their own, none held across a poll.
     """
     timeout = settings.submit_unknown_timeout_seconds
-    report = ReconcileReport(
-        given_up=await give_up_on_silent_submissions(
-            pool, sessions, unknown_timeout_seconds=timeout
-        )
+    report = ReconcileReport(cancelled=await cancel_overdue(pool, sessions))
+    report.given_up = await give_up_on_silent_submissions(
+        pool, sessions, unknown_timeout_seconds=timeout
     )
     async with transaction(sessions) as session:
         due = await due_for_poll(

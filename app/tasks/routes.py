@@ -1,8 +1,9 @@
-"""The REST API internal services call: create, read and list edit tasks.
+"""The REST API internal services call: create, read, list and cancel edit tasks.
 
-Routes take the request's transaction (`SessionDep`) and pass it to the services. Four
+Routes take the request's transaction (`SessionDep`) and pass it to the services. Five
 named flows commit before they answer, because holding a transaction open would hold a
-connection across a wait or a call to the provider:
+connection across a wait or a call to the provider, or because the task writer commits
+each transition in a statement of its own:
 
 - **create, then wait** (`POST /v1/tasks` with `Prefer: wait`): the task and its job are
   committed first, so the worker can take it while the request waits;
@@ -11,7 +12,9 @@ connection across a wait or a call to the provider:
 - **read, then follow** (`GET /v1/tasks/{id}/stream`): the same, for as long as the stream
   lasts (`app.tasks.watching`);
 - **refresh** (`POST /v1/tasks/{id}/refresh`): check the owner, poll the provider (the poll
-  commits its own verdict, as a job does), then read the result.
+  commits its own verdict, as a job does), then read the result;
+- **cancel** (`POST /v1/tasks/{id}/cancel`): check the owner, write the cancel through the
+  task writer (its own guarded statement, as every transition), then read the result.
 
 Each of their steps is a short transaction of its own (`app.db.transaction`); no route
 reads through a session it never began.
@@ -35,8 +38,10 @@ from app.errors import Conflict
 from app.models import TaskEvent
 from app.resources import Resources
 from app.tasks import service
+from app.tasks.cancel import cancel_for_client
 from app.tasks.reconcile import poll_task
 from app.tasks.schemas import EventPage, EventRead, TaskCreate, TaskPage, TaskRead
+from app.tasks.transitions import cancel_refusal
 from app.tasks.watching import (
     Watch,
     read_shared,
@@ -295,6 +300,37 @@ async def refresh_task(task_id: str, caller: CallerDep, resources: ResourcesDep)
     if result.outcome == EventOutcome.REJECTED:
         raise Conflict("The task has not been accepted by EvoLink yet; nothing to poll.")
     return to_read(await read_task(resources.sessions, caller, parsed))
+
+
+@router.post(
+    "/{task_id}/cancel",
+    summary="Cancel a task not yet submitted",
+    description=(
+        "A task not yet submitted to EvoLink (`queued`) becomes `cancelled` (`resolved_by` "
+        "`client`), is never submitted, costs nothing, and its `task.cancelled` webhooks are "
+        "sent. A task already cancelled, by whoever, is answered the same: 200 with the task, "
+        "as `GET` returns it. EvoLink cannot cancel a task it has: a task being submitted "
+        "(`submitting`) or submitted, and one that has ended, is 409 and goes on unchanged."
+    ),
+    responses={
+        **NOT_FOUND,
+        409: {
+            "description": "Already submitted to EvoLink (or being submitted), or ended.",
+            **PROBLEM,
+        },
+    },
+)
+async def cancel_task(task_id: str, caller: CallerDep, resources: ResourcesDep) -> TaskRead:
+    parsed = parse_task_id(task_id)
+    # Named flow "cancel": the writer's statement commits on its own, as every transition.
+    async with transaction(resources.sessions) as session:
+        await service.require_owned(session, caller, parsed)
+    await cancel_for_client(resources.pool, resources.sessions, parsed)
+    view = await read_task(resources.sessions, caller, parsed)
+    refusal = cancel_refusal(view.status)
+    if refusal is not None:
+        raise Conflict(refusal, task_status=view.status.value)
+    return to_read(view)
 
 
 def _event_read(event: TaskEvent) -> EventRead:

@@ -49,6 +49,8 @@ def _listed(words: type[StrEnum]) -> str:
 
 
 METADATA_VALUE_MAX = 500
+# `cancel_after_seconds`: at least a second, at most a day.
+CANCEL_AFTER_MIN, CANCEL_AFTER_MAX = 1, 86_400
 SIZE_RE = re.compile(r"([0-9]+)x([0-9]+)")
 # Postgres stores neither NUL nor a lone surrogate (JSON's `"\udfff"` reads as one).
 UNSTORABLE_RE = re.compile(r"[\x00\ud800-\udfff]")
@@ -184,6 +186,17 @@ class TaskCreate(BaseModel):
         ),
         json_schema_extra=WEBHOOK_URL_SCHEMA,
     )
+    cancel_after_seconds: (
+        Annotated[StrictInt, Field(ge=CANCEL_AFTER_MIN, le=CANCEL_AFTER_MAX), IntegralNumber] | None
+    ) = Field(
+        default=None,
+        description=(
+            "Cancel the task if it is still not submitted to EvoLink this many seconds "
+            "(1–86400) after it was created — waiting in the queue, or on EvoLink refusing "
+            "creates for now (429). It then ends `cancelled`, `resolved_by` `system`, error "
+            "code `cancel_after_elapsed`, and costs nothing. Once submitted, it goes on."
+        ),
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -243,7 +256,9 @@ class TaskCreate(BaseModel):
 
     def provider_request(self) -> dict[str, Any]:
         """The edit in the provider's field names, without unset optional fields."""
-        return self.model_dump(exclude={"metadata", "webhook_url"}, exclude_none=True)
+        return self.model_dump(
+            exclude={"metadata", "webhook_url", "cancel_after_seconds"}, exclude_none=True
+        )
 
 
 class TaskError(BaseModel):
@@ -279,6 +294,7 @@ EXAMPLE_TASK: dict[str, Any] = {
     "submitted_at": "2026-11-24T05:14:45.003965Z",
     "finished_at": "2026-11-24T05:14:57.870114Z",
     "webhook_url": None,
+    "cancel_at": None,
     "links": {
         "self": "/v1/tasks/6f1c5a34-9a0e-4b7e-8f43-2b1d1c0e9a51",
         "results": "/v1/tasks/6f1c5a34-9a0e-4b7e-8f43-2b1d1c0e9a51/results",
@@ -306,8 +322,9 @@ class TaskRead(BaseModel):
     resolved_by: ResolvedBy | None = Field(
         description=(
             "What told us the terminal state: the provider's callback, our poll, the create's"
-            " own answer (submission), or edithook's own decision (system, such as a time"
-            f" limit). One of: {_listed(ResolvedBy)}; null until terminal."
+            " own answer (submission), edithook's own decision (system, such as a time"
+            " limit or `cancel_after_seconds`), or the client's cancel (client)."
+            f" One of: {_listed(ResolvedBy)}; null until terminal."
         )
     )
     result_count: int
@@ -317,6 +334,12 @@ class TaskRead(BaseModel):
     submitted_at: datetime | None
     finished_at: datetime | None
     webhook_url: str | None = Field(description="Where this task's events are sent too.")
+    cancel_at: datetime | None = Field(
+        description=(
+            "When the task is cancelled if it is still not submitted by then "
+            "(`cancel_after_seconds`); null: never."
+        )
+    )
     links: TaskLinks
 
 
@@ -399,7 +422,8 @@ class EventRead(BaseModel):
     kind: EventKind = Field(
         description=(
             "What caused it: the task's creation, its submission, a callback, a poll, copying"
-            " its result images (storage), or edithook's own decision (system)."
+            " its result images (storage), edithook's own decision (system), or the client's"
+            " own request (client: a cancel)."
             f" One of: {_listed(EventKind)}."
         )
     )

@@ -12,7 +12,7 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, func, select, tuple_
@@ -128,6 +128,11 @@ async def create_task(
         "idempotency_key": idempotency_key,
         "request_hash": digest,
         "webhook_url": body.webhook_url,
+        "cancel_at": (
+            None
+            if body.cancel_after_seconds is None
+            else func.now() + timedelta(seconds=body.cancel_after_seconds)
+        ),
     }
     statement = insert(Task).values(values)
     if idempotency_key is not None:

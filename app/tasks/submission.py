@@ -5,6 +5,11 @@ did not act on it (a refused connection, 429, 5xx). When the outcome is unknown 
 went out and no answer came back — the task stays `submitting` and is never sent again: its
 callback, whose URL names our task, or the reconciler's time limit settles it.
 
+The claim is the line a cancel cannot cross: it takes only a task still `queued` and not
+past its `cancel_at`, under the same row lock as a cancel's guarded write, so a task is
+either claimed (and then goes on, since EvoLink cannot cancel) or cancelled, never both.
+A job that comes late, past the task's `cancel_at`, cancels it instead of submitting it.
+
 A create the provider answered is never dropped: the answer carries the provider's id, the
 only handle a poll has when the callback is lost. If Postgres is unreachable when the
 answer comes back, the worker keeps retrying to record it, with capped backoff, until it
@@ -35,6 +40,7 @@ from app.evolink.schemas import CreateRequest, ProviderTask
 from app.security import callback_path, callback_token
 from app.settings import Settings
 from app.tasks import writer
+from app.tasks.cancel import cancel_if_overdue
 from app.tasks.transitions import TaskState, Verdict, fail, implied_guard, judge
 from app.tasks.writer import Direct, Event, Written
 from app.vocabulary import EventKind, EventOutcome, TaskStatus
@@ -62,19 +68,21 @@ def backoff(attempt: int) -> float:
     return min(MAX_BACKOFF_SECONDS, float(2**attempt))
 
 
-# Move a queued task to `submitting`, or nothing if it is not queued (someone else has it):
-# the conditional update is what makes submission at-most-once across every worker.
+# Move a queued task to `submitting`, or nothing if it is not queued (someone else has it,
+# or a cancel) or past its `cancel_at`: the conditional update is what makes submission
+# at-most-once across every worker, and exclusive with a cancel.
 CLAIM = """
 UPDATE tasks SET status = %(submitting)s, updated_at = now()
 WHERE id = %(task_id)s AND status = %(queued)s
+  AND (cancel_at IS NULL OR cancel_at > now())
 RETURNING request
 """
 
 
 async def claim(pool: AsyncConnectionPool, task_id: uuid.UUID) -> dict[str, Any] | None:
     """Claim a queued task for submission and return its stored request; None if it is not
-    queued. Raises DirectUnavailable when the pool cannot run it: the job is then retried,
-    and nothing was sent."""
+    queued, or past its `cancel_at`. Raises DirectUnavailable when the pool cannot run it:
+    the job is then retried, and nothing was sent."""
     params = {
         "task_id": task_id,
         "queued": TaskStatus.QUEUED.value,
@@ -108,6 +116,8 @@ async def submit_task(
     """
     stored = await claim(pool, task_id)
     if stored is None:
+        # Not queued (nothing to do), or past its cancel_at: then it is cancelled now.
+        await cancel_if_overdue(pool, sessions, task_id)
         return None
     # The reconciler gives up on an unconfirmed create this long after the claim.
     deadline = time.monotonic() + unknown_timeout_seconds

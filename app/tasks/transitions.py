@@ -3,8 +3,8 @@
 `judge` decides what a provider message (a callback, a poll's answer, a create's answer)
 means for a task in a given state: terminal states never change, statuses never go
 backwards, a repeat is a duplicate, a message that contradicts a terminal state is kept as
-an anomaly. edithook's own decisions (time limits, failed creates) are rules of the same
-shape: a function from a task's state to a `Verdict`.
+an anomaly. edithook's own decisions (time limits, failed creates) and a client's cancel
+are rules of the same shape: a function from a task's state to a `Verdict`.
 
 `guard_for` derives, from any such rule, the states of a task for which the verdict it gave
 still holds, by running the rule over every status. app.tasks.writer writes a verdict only
@@ -51,6 +51,7 @@ class TaskState:
     submitted_at: datetime | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    cancel_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -226,6 +227,70 @@ def fail(verdict: Verdict, source: EventKind, code: str, message: str, now: date
             "finished_at": now,
         },
     )
+
+
+# The error codes of a task cancelled before it was submitted: by its client's cancel, or
+# because it was still not submitted at its `cancel_at` (`cancel_after_seconds`).
+CANCELLED_BY_CLIENT = "cancelled_by_client"
+CANCEL_AFTER_ELAPSED = "cancel_after_elapsed"
+
+
+def _cancel_unsubmitted(by: ResolvedBy, code: str, message: str, now: datetime) -> Verdict:
+    return Verdict(
+        EventOutcome.APPLIED,
+        message,
+        TaskStatus.CANCELLED,
+        {
+            "status": TaskStatus.CANCELLED,
+            "error_code": code,
+            "error_message": message,
+            "resolved_by": by,
+            "finished_at": now,
+        },
+    )
+
+
+def client_cancel(state: TaskState, now: datetime) -> Verdict | None:
+    """A client's cancel: a task not yet submitted (`queued`) is cancelled, and so never
+    submitted; any other is left as it is (None, no event) — once the submit job has
+    claimed it (`submitting`) the create may already be with EvoLink, which cannot cancel,
+    and a terminal task has nothing left to cancel. `cancel_refusal` words the answer."""
+    if state.status != TaskStatus.QUEUED:
+        return None
+    message = "cancelled by its client before it was submitted"
+    return _cancel_unsubmitted(ResolvedBy.CLIENT, CANCELLED_BY_CLIENT, message, now)
+
+
+def cancel_after_elapsed(state: TaskState, now: datetime) -> Verdict | None:
+    """`cancel_after_seconds`: a task still not submitted (`queued`, waiting for the submit
+    job or for a provider refusing with 429 to take it again) at its `cancel_at` is
+    cancelled by edithook; any other is left as it is (None)."""
+    if state.status != TaskStatus.QUEUED or state.cancel_at is None or state.cancel_at > now:
+        return None
+    message = "not submitted within its cancel_after_seconds, so cancelled"
+    return _cancel_unsubmitted(ResolvedBy.SYSTEM, CANCEL_AFTER_ELAPSED, message, now)
+
+
+def cancel_refusal(status: TaskStatus) -> str | None:
+    """Why a client's cancel leaves a task in `status` as it is (the API's 409); None when
+    the answer is the task itself: `queued` is cancelled (`client_cancel`), and a task
+    already `cancelled`, by whoever, is what the client asked for."""
+    match status:
+        case TaskStatus.QUEUED | TaskStatus.CANCELLED:
+            return None
+        case TaskStatus.SUBMITTING:
+            return (
+                "The task is being submitted to EvoLink, which cannot cancel a task once it "
+                "has it; the task goes on. If EvoLink refuses the create for now, the task is "
+                "queued again and can then be cancelled."
+            )
+        case TaskStatus.PENDING | TaskStatus.PROCESSING:
+            return (
+                f"The task is already submitted to EvoLink ({status.value}), which cannot "
+                "cancel it; the task goes on."
+            )
+        case _:
+            return f"The task has already ended ({status.value}); there is nothing to cancel."
 
 
 def _progress(value: Any) -> int | None:

@@ -1,13 +1,13 @@
 """The one writer of task transitions: one statement, guarded by the state it was judged on.
 
 Every path that moves a task or records what happened to it — callbacks, polls, a create's
-answer, a failed create, the system's time limits — reads the task (without a lock), asks
-its rule (app.tasks.transitions) for a verdict, and hands the verdict to `write` with the
-guard derived from that rule. `write` sends ONE statement that locks the row, applies the
-verdict only if the row is still in a guarded state, adds the result rows, enqueues the
-copy job, makes the webhook messages (`app.webhooks.messages`), notifies waiters and
-records the event. When the row changed in between, it writes nothing and `settle` reads,
-judges and writes again.
+answer, a failed create, the system's time limits, a client's cancel — reads the task
+(without a lock), asks its rule (app.tasks.transitions) for a verdict, and hands the
+verdict to `write` with the guard derived from that rule. `write` sends ONE statement that
+locks the row, applies the verdict only if the row is still in a guarded state, adds the
+result rows, enqueues the copy job, makes the webhook messages (`app.webhooks.messages`),
+notifies waiters and records the event. When the row changed in between, it writes nothing
+and `settle` reads, judges and writes again.
 
 The fast paths (a terminal callback, a create's answer) are the same statement with the
 read skipped: the verdict is judged against the state the message implies, and a row in
@@ -177,7 +177,7 @@ COPY_JOB = """,
 
 READ = """
 SELECT status, provider_task_id, progress, request, usage, estimated_seconds, submitted_at,
-       created_at, updated_at
+       created_at, updated_at, cancel_at
 FROM tasks WHERE id = %(task_id)s
 """
 

@@ -5,7 +5,7 @@ digests only, with when each was made, revoked and last used). Keys from EDITHOO
 are seeded into them when the API starts, not here.
 
 Revision ID: 3b7d9e41c2a8
-Revises: fc59d0f9a493
+Revises: 3b8e5d1c7a20
 Created: 2026-12-02 10:50:00.000000
 """
 
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "3b7d9e41c2a8"
-down_revision: str | None = "fc59d0f9a493"
+down_revision: str | None = "3b8e5d1c7a20"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -15,10 +15,10 @@ import pytest
 
 from app.clients.keys import KeyEntry
 from app.clients.seeding import seed
-from tests.helpers import ADMIN_KEY, ALPHA_KEY, VALID_EDIT
+from tests.helpers import ADMIN_KEY, VALID_EDIT
 
 if TYPE_CHECKING:
-    from tests.conftest import Service
+    from tests.conftest import Caller, Service
 
 _GONE = KeyEntry(uuid.UUID(int=0), "", active=False)
 PROBLEM_REFS = {"#/components/schemas/Problem", "#/components/schemas/ValidationProblem"}
@@ -98,7 +98,7 @@ async def test_listing_bounds_are_rfc_3339_date_times_with_an_offset(
 # Thirty operations, each through every phase: longer than the suite's 120 s default
 # on a busy two-core machine.
 @pytest.mark.timeout(300)
-async def test_a_bounded_schemathesis_run_finds_nothing(service: Service, clean_db: None) -> None:
+async def test_a_bounded_schemathesis_run_finds_nothing(service: Service, caller: Caller) -> None:
     """Every check of schemathesis, over every phase, against the live service: no failure."""
     st = Path(sys.executable).parent / "st"
     env = {
@@ -114,7 +114,7 @@ async def test_a_bounded_schemathesis_run_finds_nothing(service: Service, clean_
         "run",
         f"{service.url}/openapi.json",
         "--header",
-        f"Authorization: Bearer {ALPHA_KEY}",
+        f"Authorization: Bearer {caller.key}",
         "--checks",
         "all",
         "--max-examples",

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.helpers import ALPHA_KEY, REPO
+from tests.helpers import REPO
 
 if TYPE_CHECKING:
-    from tests.conftest import Service
+    from tests.conftest import Caller, Service
 
 README = REPO / "README.md"
 ELLIPSIS = "…"
@@ -97,14 +97,14 @@ def test_the_readme_documents_a_session_of_several_steps() -> None:
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 async def test_the_readme_curl_session_answers_as_documented(
-    service: Service, clean_db: None, tmp_path: Path
+    service: Service, caller: Caller, tmp_path: Path
 ) -> None:
     """Every command of the README, run as written, answers the status, fields and headers shown."""
     address = service.url.removeprefix("http://")
     task_id = ""
     for step in curl_session():
         command = step.command.replace("localhost:8000", address)
-        command = command.replace("dev-key", ALPHA_KEY).replace("<id>", task_id)
+        command = command.replace("dev-key", caller.key).replace("<id>", task_id)
         status, headers, body = await _run_curl(shlex.split(command), tmp_path)
         assert status == step.status, (step.command, body)
         if step.body is not None:

@@ -21,11 +21,15 @@ REACHES_A_SERVER = frozenset(
         "private_database_url",
         "simulator",
         "service",
-        "clean_db",
+        "caller",
+        "beta_caller",
         "api",
         "beta_api",
         "sim",
         "service_url",
+        "own_database_url",
+        "own_service",
+        "own_api",
     }
 )
 

@@ -20,7 +20,9 @@ ROUTE_MODULES = [*sorted(APP.glob("*/routes.py")), APP / "metrics.py", APP / "ma
 REQUEST_SERVICES = sorted(APP.glob("*/service.py"))
 NAMED_FLOWS = APP / "tasks" / "routes.py"
 # The job bodies: each the edge of its work, opening short transactions of its own.
-JOB_BODIES = [APP / "tasks" / name for name in ("submission.py", "reconcile.py", "sweep.py")]
+JOB_BODIES = [
+    APP / "tasks" / name for name in ("submission.py", "reconcile.py", "sweep.py", "cancel.py")
+]
 JOB_BODIES.append(APP / "results" / "copy.py")
 
 

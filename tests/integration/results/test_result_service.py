@@ -2,7 +2,8 @@
 
 Most tasks here are created at the simulator and recorded as completed directly in the
 database, so that no copy job exists and the test's own run is the only one; the forged
-callback test goes through the API (and so the worker) on purpose.
+callback test goes through the API (and so the worker) on purpose. Every task recorded is
+the test's own client's (`db`), so that the API serves it to the test and to no other.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import io
 import json
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,13 +27,14 @@ from sqlalchemy import select
 from app.db import create_pool, transaction
 from app.models import Task, TaskEvent, TaskResult
 from app.notify import TASK_CHANNEL
+from app.resources import Resources
 from app.results.copy import EXPIRED, NOT_CONFIRMED, StoreReport, store_task_results
 from app.results.storage import ResultStorage, StorageError
 from app.security import callback_path, callback_token
 from tests.helpers import CALLBACK_SECRET, create_task, wait_for_task
 
 if TYPE_CHECKING:
-    from tests.conftest import Service
+    from tests.conftest import Caller, Service
     from tests.integration.results.conftest import ImageHost
 
 MAX_BYTES = 10_000_000
@@ -55,8 +58,21 @@ async def completed_at_simulator(sim: httpx.AsyncClient, *, n: int = 1) -> dict[
     return body
 
 
+@dataclass
+class Db:
+    """The service's resources, and the test's own client: the one its recorded tasks have."""
+
+    resources: Resources
+    client: str
+
+
+@pytest.fixture
+def db(service: Service, caller: Caller) -> Db:
+    return Db(service.resources, caller.name)
+
+
 async def record_completed(
-    service: Service,
+    db: Db,
     provider_task: dict[str, Any],
     *,
     urls: list[str] | None = None,
@@ -67,11 +83,11 @@ async def record_completed(
     if told by `resolved_by` (None: by nothing the copy trusts without asking)."""
     task_id = uuid.uuid4()
     recorded = provider_task.get("results", []) if urls is None else urls
-    async with transaction(service.resources.sessions) as session:
+    async with transaction(db.resources.sessions) as session:
         session.add(
             Task(
                 id=task_id,
-                client="alpha",
+                client=db.client,
                 status=status,
                 progress=100,
                 request={"prompt": "Make the sky purple"},
@@ -89,7 +105,7 @@ async def record_completed(
 
 
 async def run(
-    service: Service,
+    db: Db,
     storage: ResultStorage,
     http: httpx.AsyncClient,
     task_id: uuid.UUID | str,
@@ -97,7 +113,7 @@ async def run(
 ) -> StoreReport:
     options.setdefault("max_bytes", MAX_BYTES)
     options.setdefault("allow_loopback", True)
-    resources = service.resources
+    resources = db.resources
     pool = options.pop("pool", resources.pool)
     return await store_task_results(
         pool,
@@ -110,8 +126,8 @@ async def run(
     )
 
 
-async def rows_of(service: Service, task_id: uuid.UUID | str) -> list[TaskResult]:
-    async with service.resources.sessions() as session:
+async def rows_of(db: Db, task_id: uuid.UUID | str) -> list[TaskResult]:
+    async with db.resources.sessions() as session:
         found = await session.execute(
             select(TaskResult)
             .where(TaskResult.task_id == uuid.UUID(str(task_id)))
@@ -120,8 +136,8 @@ async def rows_of(service: Service, task_id: uuid.UUID | str) -> list[TaskResult
         return list(found.scalars())
 
 
-async def events_of(service: Service, task_id: uuid.UUID | str) -> list[TaskEvent]:
-    async with service.resources.sessions() as session:
+async def events_of(db: Db, task_id: uuid.UUID | str) -> list[TaskEvent]:
+    async with db.resources.sessions() as session:
         found = await session.execute(
             select(TaskEvent)
             .where(TaskEvent.task_id == uuid.UUID(str(task_id)))
@@ -177,9 +193,8 @@ def unreachable(request: httpx.Request) -> httpx.Response:
     raise httpx.ConnectError("connection refused", request=request)
 
 
-@pytest.mark.usefixtures("clean_db")
 async def test_confirmed_results_are_stored_with_size_and_digest(
-    service: Service,
+    db: Db,
     sim: httpx.AsyncClient,
     storage: ResultStorage,
     http: httpx.AsyncClient,
@@ -187,14 +202,14 @@ async def test_confirmed_results_are_stored_with_size_and_digest(
 ) -> None:
     """Each image is confirmed, downloaded, stored under its key and described in its row."""
     provider = await completed_at_simulator(sim, n=2)
-    task_id = await record_completed(service, provider)
+    task_id = await record_completed(db, provider)
     gets = (await stats(sim))["gets"]
 
-    report = await run(service, storage, http, task_id)
+    report = await run(db, storage, http, task_id)
 
     assert report == StoreReport(stored=2, failed=0, pending=0, retry_in=None)
     assert (await stats(sim))["gets"] == gets + 1  # confirmed with the provider first
-    for index, row in enumerate(await rows_of(service, task_id)):
+    for index, row in enumerate(await rows_of(db, task_id)):
         source = (await http.get(provider["results"][index])).content
         assert row.status == "stored"
         assert (row.width, row.height) == Image.open(io.BytesIO(source)).size == (1024, 1024)
@@ -205,13 +220,12 @@ async def test_confirmed_results_are_stored_with_size_and_digest(
         assert row.stored_at is not None
         assert await stored_bytes(storage, row.storage_key) == source
     assert await notified(listener, task_id) == 1
-    assert [e.outcome for e in await events_of(service, task_id)] == []  # success is quiet
+    assert [e.outcome for e in await events_of(db, task_id)] == []  # success is quiet
 
 
-@pytest.mark.usefixtures("clean_db")
 @pytest.mark.parametrize("told_by", ["poll", "submission"])
 async def test_results_from_the_providers_answer_to_our_call_are_not_confirmed_again(
-    service: Service,
+    db: Db,
     sim: httpx.AsyncClient,
     storage: ResultStorage,
     http: httpx.AsyncClient,
@@ -221,38 +235,36 @@ async def test_results_from_the_providers_answer_to_our_call_are_not_confirmed_a
     """A completion learnt from EvoLink's answer to our poll or create listed the results
     itself: they are fetched without asking EvoLink the same question again."""
     provider = await completed_at_simulator(sim, n=2)
-    task_id = await record_completed(service, provider, resolved_by=told_by)
+    task_id = await record_completed(db, provider, resolved_by=told_by)
     before = await stats(sim)
 
-    report = await run(service, storage, http, task_id)
+    report = await run(db, storage, http, task_id)
 
     assert report == StoreReport(stored=2, failed=0, pending=0, retry_in=None)
     after = await stats(sim)
     assert after["gets"] == before["gets"]
     assert after["file_downloads"] == before["file_downloads"] + 2
-    rows = await rows_of(service, task_id)
+    rows = await rows_of(db, task_id)
     assert [(r.status, r.provider_url) for r in rows] == [
         ("stored", url) for url in provider["results"]
     ]
     assert await notified(listener, task_id) == 1
-    assert await events_of(service, task_id) == []
+    assert await events_of(db, task_id) == []
 
 
-@pytest.mark.usefixtures("clean_db")
 async def test_a_poll_completion_without_rows_still_asks_the_provider(
-    service: Service, sim: httpx.AsyncClient, storage: ResultStorage, http: httpx.AsyncClient
+    db: Db, sim: httpx.AsyncClient, storage: ResultStorage, http: httpx.AsyncClient
 ) -> None:
     """Nothing to fetch as it is: the provider is asked, and the rows it lists are added."""
     provider = await completed_at_simulator(sim)
-    task_id = await record_completed(service, provider, urls=[], resolved_by="poll")
+    task_id = await record_completed(db, provider, urls=[], resolved_by="poll")
     gets = (await stats(sim))["gets"]
-    assert (await run(service, storage, http, task_id)).stored == 1
+    assert (await run(db, storage, http, task_id)).stored == 1
     assert (await stats(sim))["gets"] == gets + 1
 
 
-@pytest.mark.usefixtures("clean_db")
 async def test_the_copy_goes_through_the_engine_when_the_direct_pool_cannot(
-    service: Service,
+    db: Db,
     sim: httpx.AsyncClient,
     storage: ResultStorage,
     http: httpx.AsyncClient,
@@ -260,51 +272,49 @@ async def test_the_copy_goes_through_the_engine_when_the_direct_pool_cannot(
 ) -> None:
     """A direct pool with no connection to give: the same reads and records, through the
     engine's connections."""
-    task_id = await record_completed(service, await completed_at_simulator(sim, n=2))
+    task_id = await record_completed(db, await completed_at_simulator(sim, n=2))
     # Nothing listens on port 1: the pool never gets a connection and times out.
     dead = create_pool("postgresql://edithook@127.0.0.1:1/none", pool_size=1)
     await dead.open(wait=False)
     try:
-        report = await run(service, storage, http, task_id, pool=dead)
+        report = await run(db, storage, http, task_id, pool=dead)
     finally:
         await dead.close()
     assert report == StoreReport(stored=2, failed=0, pending=0, retry_in=None)
-    assert [r.status for r in await rows_of(service, task_id)] == ["stored", "stored"]
+    assert [r.status for r in await rows_of(db, task_id)] == ["stored", "stored"]
     assert await notified(listener, task_id) == 1
 
 
-@pytest.mark.usefixtures("clean_db")
 async def test_a_second_run_stores_nothing_new(
-    service: Service, sim: httpx.AsyncClient, storage: ResultStorage, http: httpx.AsyncClient
+    db: Db, sim: httpx.AsyncClient, storage: ResultStorage, http: httpx.AsyncClient
 ) -> None:
     """Once every row is settled, a rerun neither asks the provider nor downloads."""
-    task_id = await record_completed(service, await completed_at_simulator(sim))
-    assert (await run(service, storage, http, task_id)).stored == 1
-    before_rows = [(r.status, r.stored_at) for r in await rows_of(service, task_id)]
+    task_id = await record_completed(db, await completed_at_simulator(sim))
+    assert (await run(db, storage, http, task_id)).stored == 1
+    before_rows = [(r.status, r.stored_at) for r in await rows_of(db, task_id)]
     before = await stats(sim)
 
-    assert await run(service, storage, http, task_id) == StoreReport()
+    assert await run(db, storage, http, task_id) == StoreReport()
 
     assert await stats(sim) == before
-    assert [(r.status, r.stored_at) for r in await rows_of(service, task_id)] == before_rows
+    assert [(r.status, r.stored_at) for r in await rows_of(db, task_id)] == before_rows
 
 
-@pytest.mark.usefixtures("clean_db")
 async def test_a_task_that_is_not_completed_is_left_alone(
-    service: Service, sim: httpx.AsyncClient, storage: ResultStorage, http: httpx.AsyncClient
+    db: Db, sim: httpx.AsyncClient, storage: ResultStorage, http: httpx.AsyncClient
 ) -> None:
     """Only completed tasks have results to copy; nothing else is asked or fetched."""
     provider = await completed_at_simulator(sim)
-    task_id = await record_completed(service, provider, status="processing")
+    task_id = await record_completed(db, provider, status="processing")
     before = await stats(sim)
-    assert await run(service, storage, http, task_id) == StoreReport()
-    assert await run(service, storage, http, uuid.uuid4()) == StoreReport()
+    assert await run(db, storage, http, task_id) == StoreReport()
+    assert await run(db, storage, http, uuid.uuid4()) == StoreReport()
     assert await stats(sim) == before
-    assert [r.status for r in await rows_of(service, task_id)] == ["pending"]
+    assert [r.status for r in await rows_of(db, task_id)] == ["pending"]
 
 
 async def test_forged_result_urls_are_never_downloaded(
-    service: Service,
+    db: Db,
     api: httpx.AsyncClient,
     sim: httpx.AsyncClient,
     host: ImageHost,
@@ -322,45 +332,43 @@ async def test_forged_result_urls_are_never_downloaded(
     assert response.json()["outcome"] == "applied", response.text
 
     # The provider still says processing: nothing is confirmed, so nothing is fetched yet.
-    early = await run(service, storage, http, task["id"])
+    early = await run(db, storage, http, task["id"])
     assert (early.stored, early.pending, early.retry_in) == (0, 2, 30.0)
-    assert [r.status for r in await rows_of(service, task["id"])] == ["pending", "pending"]
-    await run(service, storage, http, task["id"])  # the same situation: no second event
-    polls = [e for e in await events_of(service, task["id"]) if e.kind == "poll"]
+    assert [r.status for r in await rows_of(db, task["id"])] == ["pending", "pending"]
+    await run(db, storage, http, task["id"])  # the same situation: no second event
+    polls = [e for e in await events_of(db, task["id"]) if e.kind == "poll"]
     assert [(e.outcome, e.provider_status) for e in polls] == [("anomaly", "processing")]
 
     await sim.post(f"/_sim/tasks/{task['provider_task_id']}/complete")
-    await run(service, storage, http, task["id"])
+    await run(db, storage, http, task["id"])
 
-    first, second = await rows_of(service, task["id"])
+    first, second = await rows_of(db, task["id"])
     real = (await sim.get(f"/v1/tasks/{task['provider_task_id']}")).json()["results"]
     assert (first.status, first.provider_url) == ("stored", real[0])
     assert (second.status, second.error) == ("failed", NOT_CONFIRMED)
     assert host.seen == []
-    anomalies = [e for e in await events_of(service, task["id"]) if e.outcome == "anomaly"]
+    anomalies = [e for e in await events_of(db, task["id"]) if e.outcome == "anomaly"]
     assert anomalies
     assert all(e.kind == "poll" for e in anomalies)
     assert any("replaced by the confirmed URL" in (e.detail or "") for e in anomalies)
     assert any(real[0] in (e.body or "") for e in anomalies)
 
 
-@pytest.mark.usefixtures("clean_db")
 async def test_missing_rows_are_added_from_the_confirmed_list(
-    service: Service, sim: httpx.AsyncClient, storage: ResultStorage, http: httpx.AsyncClient
+    db: Db, sim: httpx.AsyncClient, storage: ResultStorage, http: httpx.AsyncClient
 ) -> None:
     """A completion recorded without URLs gets the provider's results, stored."""
-    task_id = await record_completed(service, await completed_at_simulator(sim, n=2), urls=[])
-    report = await run(service, storage, http, task_id)
+    task_id = await record_completed(db, await completed_at_simulator(sim, n=2), urls=[])
+    report = await run(db, storage, http, task_id)
     assert (report.stored, report.failed) == (2, 0)
-    assert [r.status for r in await rows_of(service, task_id)] == ["stored", "stored"]
-    [event] = await events_of(service, task_id)
+    assert [r.status for r in await rows_of(db, task_id)] == ["stored", "stored"]
+    [event] = await events_of(db, task_id)
     assert (event.kind, event.outcome) == ("poll", "anomaly")
     assert "result 1 added" in (event.detail or "")
 
 
-@pytest.mark.usefixtures("clean_db")
 async def test_rows_are_matched_to_the_confirmed_list_by_index_not_by_position(
-    service: Service, sim: httpx.AsyncClient, storage: ResultStorage, http: httpx.AsyncClient
+    db: Db, sim: httpx.AsyncClient, storage: ResultStorage, http: httpx.AsyncClient
 ) -> None:
     """Rows 0 and 2 holding the provider's two URLs in order are not its list: row 1 is
     added from it, and row 2, which it does not have, fails unconfirmed."""
@@ -370,14 +378,14 @@ async def test_rows_are_matched_to_the_confirmed_list_by_index_not_by_position(
     await sim.post(
         "/_sim/faults", json={"endpoint": "get", "status": 200, "body": json.dumps(answer)}
     )
-    task_id = await record_completed(service, provider, urls=[real[0]])
-    async with transaction(service.resources.sessions) as session:
+    task_id = await record_completed(db, provider, urls=[real[0]])
+    async with transaction(db.resources.sessions) as session:
         session.add(TaskResult(task_id=task_id, index=2, provider_url=real[1]))
 
-    report = await run(service, storage, http, task_id)
+    report = await run(db, storage, http, task_id)
 
     assert (report.stored, report.failed) == (2, 1)
-    rows = await rows_of(service, task_id)
+    rows = await rows_of(db, task_id)
     assert [(r.index, r.status, r.provider_url) for r in rows] == [
         (0, "stored", real[0]),
         (1, "stored", real[1]),
@@ -386,140 +394,133 @@ async def test_rows_are_matched_to_the_confirmed_list_by_index_not_by_position(
     assert rows[2].error == NOT_CONFIRMED
 
 
-@pytest.mark.usefixtures("clean_db")
 async def test_a_storage_failure_leaves_the_row_pending_until_a_rerun(
-    service: Service, sim: httpx.AsyncClient, http: httpx.AsyncClient, tmp_path: Path
+    db: Db, sim: httpx.AsyncClient, http: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     """The row stays pending with the reason shown and a retry asked for; the next run stores."""
     flaky = FlakyStorage(str(tmp_path / "flaky"), failures=1)
-    task_id = await record_completed(service, await completed_at_simulator(sim))
+    task_id = await record_completed(db, await completed_at_simulator(sim))
 
-    first = await run(service, flaky, http, task_id)
+    first = await run(db, flaky, http, task_id)
     assert first == StoreReport(stored=0, failed=0, pending=1, retry_in=5.0)
-    [row] = await rows_of(service, task_id)
+    [row] = await rows_of(db, task_id)
     assert row.status == "pending"
     assert "the bucket is unreachable" in (row.error or "")
 
-    assert (await run(service, flaky, http, task_id)).stored == 1
-    [row] = await rows_of(service, task_id)
+    assert (await run(db, flaky, http, task_id)).stored == 1
+    [row] = await rows_of(db, task_id)
     assert (row.status, row.error) == ("stored", None)
     assert flaky.puts == 2
 
 
-@pytest.mark.usefixtures("clean_db")
 async def test_a_link_that_cannot_be_fetched_fails_once_it_expired(
-    service: Service,
+    db: Db,
     sim: httpx.AsyncClient,
     storage: ResultStorage,
     listener: psycopg.AsyncConnection[Any],
 ) -> None:
     """Before expiry a download error means retry; after it, the row fails with the reason."""
-    task_id = await record_completed(service, await completed_at_simulator(sim))
+    task_id = await record_completed(db, await completed_at_simulator(sim))
     async with httpx.AsyncClient(transport=httpx.MockTransport(unreachable)) as broken:
-        early = await run(service, storage, broken, task_id)
+        early = await run(db, storage, broken, task_id)
         assert (early.pending, early.retry_in is not None) == (1, True)
-        [row] = await rows_of(service, task_id)
+        [row] = await rows_of(db, task_id)
         assert row.status == "pending"
         assert "connection refused" in (row.error or "")
 
-        late = await run(service, storage, broken, task_id, link_ttl=timedelta(0))
+        late = await run(db, storage, broken, task_id, link_ttl=timedelta(0))
 
     assert late == StoreReport(stored=0, failed=1, pending=0, retry_in=None)
-    [row] = await rows_of(service, task_id)
+    [row] = await rows_of(db, task_id)
     assert row.status == "failed"
     assert (row.error or "").startswith(f"{EXPIRED}: ")
     assert "connection refused" in (row.error or "")
-    [event] = await events_of(service, task_id)
+    [event] = await events_of(db, task_id)
     assert (event.kind, event.outcome) == ("storage", "error")
     assert await notified(listener, task_id) == 1
 
 
-@pytest.mark.usefixtures("clean_db")
 async def test_a_permanent_download_failure_fails_the_row_and_is_recorded(
-    service: Service, sim: httpx.AsyncClient, storage: ResultStorage, http: httpx.AsyncClient
+    db: Db, sim: httpx.AsyncClient, storage: ResultStorage, http: httpx.AsyncClient
 ) -> None:
     """An image over the size limit is failed at once, with an error event saying why."""
-    task_id = await record_completed(service, await completed_at_simulator(sim))
-    report = await run(service, storage, http, task_id, max_bytes=100)
+    task_id = await record_completed(db, await completed_at_simulator(sim))
+    report = await run(db, storage, http, task_id, max_bytes=100)
     assert report == StoreReport(stored=0, failed=1, pending=0, retry_in=None)
-    [row] = await rows_of(service, task_id)
+    [row] = await rows_of(db, task_id)
     assert row.status == "failed"
     assert (row.error or "").startswith("the image is larger than 100 bytes")
-    [event] = await events_of(service, task_id)
+    [event] = await events_of(db, task_id)
     assert (event.kind, event.outcome) == ("storage", "error")
     assert "result 0" in (event.detail or "")
 
 
-@pytest.mark.usefixtures("clean_db")
 async def test_a_confirmation_listing_more_results_than_n_confirms_nothing(
-    service: Service, sim: httpx.AsyncClient, storage: ResultStorage, http: httpx.AsyncClient
+    db: Db, sim: httpx.AsyncClient, storage: ResultStorage, http: httpx.AsyncClient
 ) -> None:
     """A confirming GET listing more results than the task may have (here 20,000 for at most
     6) adds no rows and fetches nothing; the pending rows fail with the counts."""
     provider = await completed_at_simulator(sim, n=2)
-    task_id = await record_completed(service, provider)
+    task_id = await record_completed(db, provider)
     answer = {**provider, "results": [f"https://f.example/{i}.png" for i in range(20_000)]}
     await sim.post(
         "/_sim/faults", json={"endpoint": "get", "status": 200, "body": json.dumps(answer)}
     )
     downloads = (await stats(sim))["file_downloads"]
 
-    report = await run(service, storage, http, task_id)
+    report = await run(db, storage, http, task_id)
 
     assert report == StoreReport(stored=0, failed=2, pending=0, retry_in=None)
     assert (await stats(sim))["file_downloads"] == downloads
-    rows = await rows_of(service, task_id)
+    rows = await rows_of(db, task_id)
     assert [row.status for row in rows] == ["failed", "failed"]
     assert all("20000 results" in (row.error or "") for row in rows)
 
 
-@pytest.mark.usefixtures("clean_db")
 async def test_a_confirmation_error_quoting_the_callback_token_keeps_none_of_it(
-    service: Service, sim: httpx.AsyncClient, storage: ResultStorage, http: httpx.AsyncClient
+    db: Db, sim: httpx.AsyncClient, storage: ResultStorage, http: httpx.AsyncClient
 ) -> None:
     """The confirming GET's error, kept on the rows and in an event, has the token scrubbed."""
-    task_id = await record_completed(service, await completed_at_simulator(sim))
+    task_id = await record_completed(db, await completed_at_simulator(sim))
     token = callback_token(CALLBACK_SECRET, task_id)
     message = f"callback {callback_path(task_id, token)} and {token} are unknown"
     await sim.post("/_sim/faults", json={"endpoint": "get", "status": 404, "message": message})
 
-    await run(service, storage, http, task_id, callback_token=token)
+    await run(db, storage, http, task_id, callback_token=token)
 
-    [row] = await rows_of(service, task_id)
-    [event] = await events_of(service, task_id)
+    [row] = await rows_of(db, task_id)
+    [event] = await events_of(db, task_id)
     assert "[redacted]" in (row.error or "")
     for text in (row.error or "", event.detail or ""):
         assert token[:16] not in text
 
 
-@pytest.mark.usefixtures("clean_db")
 async def test_a_provider_that_forgot_the_task_fails_the_pending_rows(
-    service: Service, sim: httpx.AsyncClient, storage: ResultStorage, http: httpx.AsyncClient
+    db: Db, sim: httpx.AsyncClient, storage: ResultStorage, http: httpx.AsyncClient
 ) -> None:
     """A permanent answer to the confirming GET fails every pending row; nothing is fetched."""
-    task_id = await record_completed(service, await completed_at_simulator(sim, n=2))
+    task_id = await record_completed(db, await completed_at_simulator(sim, n=2))
     await sim.post("/_sim/faults", json={"endpoint": "get", "status": 404})
     downloads = (await stats(sim))["file_downloads"]
 
-    report = await run(service, storage, http, task_id)
+    report = await run(db, storage, http, task_id)
 
     assert report == StoreReport(stored=0, failed=2, pending=0, retry_in=None)
     assert (await stats(sim))["file_downloads"] == downloads
-    for row in await rows_of(service, task_id):
+    for row in await rows_of(db, task_id):
         assert row.status == "failed"
         assert "could not confirm" in (row.error or "")
-    [event] = await events_of(service, task_id)
+    [event] = await events_of(db, task_id)
     assert (event.kind, event.outcome) == ("storage", "error")
 
 
-@pytest.mark.usefixtures("clean_db")
 @pytest.mark.parametrize(
     ("fault", "retry_in"),
     [({"status": 503, "retry_after": 7}, 7.0), ({"status": 401}, 300.0)],
     ids=["outage", "our-key-refused"],
 )
 async def test_a_provider_that_cannot_answer_now_gets_asked_again_later(
-    service: Service,
+    db: Db,
     sim: httpx.AsyncClient,
     storage: ResultStorage,
     http: httpx.AsyncClient,
@@ -527,15 +528,15 @@ async def test_a_provider_that_cannot_answer_now_gets_asked_again_later(
     retry_in: float,
 ) -> None:
     """An outage, or a refusal of our own key, keeps rows pending and fetches nothing."""
-    task_id = await record_completed(service, await completed_at_simulator(sim))
+    task_id = await record_completed(db, await completed_at_simulator(sim))
     await sim.post("/_sim/faults", json={"endpoint": "get", **fault})
     downloads = (await stats(sim))["file_downloads"]
 
-    report = await run(service, storage, http, task_id)
+    report = await run(db, storage, http, task_id)
 
     assert report == StoreReport(stored=0, failed=0, pending=1, retry_in=retry_in)
     assert (await stats(sim))["file_downloads"] == downloads
-    [row] = await rows_of(service, task_id)
+    [row] = await rows_of(db, task_id)
     assert row.status == "pending"
     assert "could not ask the provider" in (row.error or "")
 
@@ -543,23 +544,23 @@ async def test_a_provider_that_cannot_answer_now_gets_asked_again_later(
 # -- GET /v1/tasks/{task_id}/results/{index} ---------------------------------------------------
 
 
-async def stored_task(service: Service, sim: httpx.AsyncClient, http: httpx.AsyncClient) -> str:
-    """A task whose one result is stored in the service's own storage; its id."""
-    task_id = await record_completed(service, await completed_at_simulator(sim))
-    report = await run(service, service.resources.storage, http, task_id)
+async def stored_task(db: Db, sim: httpx.AsyncClient, http: httpx.AsyncClient) -> str:
+    """A task whose one result is stored in the db's own storage; its id."""
+    task_id = await record_completed(db, await completed_at_simulator(sim))
+    report = await run(db, db.resources.storage, http, task_id)
     assert report.stored == 1
     return str(task_id)
 
 
 async def test_a_stored_image_is_served_with_its_etag(
-    service: Service, api: httpx.AsyncClient, sim: httpx.AsyncClient, http: httpx.AsyncClient
+    db: Db, api: httpx.AsyncClient, sim: httpx.AsyncClient, http: httpx.AsyncClient
 ) -> None:
     """The bytes come from our storage, with type, length, ETag and long-lived caching."""
-    task_id = await stored_task(service, sim, http)
-    [row] = await rows_of(service, task_id)
+    task_id = await stored_task(db, sim, http)
+    [row] = await rows_of(db, task_id)
     response = await api.get(f"/v1/tasks/{task_id}/results/0")
     assert response.status_code == 200
-    assert response.content == await stored_bytes(service.resources.storage, row.storage_key or "")
+    assert response.content == await stored_bytes(db.resources.storage, row.storage_key or "")
     assert hashlib.sha256(response.content).hexdigest() == row.sha256
     assert response.headers["content-type"] == "image/png"
     assert response.headers["content-length"] == str(row.size_bytes)
@@ -568,10 +569,10 @@ async def test_a_stored_image_is_served_with_its_etag(
 
 
 async def test_a_matching_if_none_match_is_304_without_a_body(
-    service: Service, api: httpx.AsyncClient, sim: httpx.AsyncClient, http: httpx.AsyncClient
+    db: Db, api: httpx.AsyncClient, sim: httpx.AsyncClient, http: httpx.AsyncClient
 ) -> None:
     """The ETag (also weak, or in a list, or `*`) answers 304; another tag gets the bytes."""
-    task_id = await stored_task(service, sim, http)
+    task_id = await stored_task(db, sim, http)
     url = f"/v1/tasks/{task_id}/results/0"
     etag = (await api.get(url)).headers["etag"]
     for value in (etag, f"W/{etag}", f'"other", {etag}', "*"):
@@ -582,10 +583,10 @@ async def test_a_matching_if_none_match_is_304_without_a_body(
 
 
 async def test_a_pending_result_is_409_with_retry_after(
-    service: Service, api: httpx.AsyncClient, sim: httpx.AsyncClient
+    db: Db, api: httpx.AsyncClient, sim: httpx.AsyncClient
 ) -> None:
     """A result not copied yet is a conflict the client may retry shortly."""
-    task_id = await record_completed(service, await completed_at_simulator(sim))
+    task_id = await record_completed(db, await completed_at_simulator(sim))
     response = await api.get(f"/v1/tasks/{task_id}/results/0")
     assert response.status_code == 409
     assert response.headers["retry-after"] == "5"
@@ -594,29 +595,29 @@ async def test_a_pending_result_is_409_with_retry_after(
 
 
 async def test_a_failed_result_is_410_with_its_reason(
-    service: Service,
+    db: Db,
     api: httpx.AsyncClient,
     sim: httpx.AsyncClient,
     storage: ResultStorage,
     http: httpx.AsyncClient,
 ) -> None:
     """A result that could not be copied is gone, and the problem says why."""
-    task_id = await record_completed(service, await completed_at_simulator(sim))
-    await run(service, storage, http, task_id, max_bytes=100)
+    task_id = await record_completed(db, await completed_at_simulator(sim))
+    await run(db, storage, http, task_id, max_bytes=100)
     response = await api.get(f"/v1/tasks/{task_id}/results/0")
     assert response.status_code == 410
     assert response.json()["detail"].startswith("the image is larger than 100 bytes")
 
 
 async def test_unknown_results_and_other_clients_tasks_are_404(
-    service: Service,
+    db: Db,
     api: httpx.AsyncClient,
     beta_api: httpx.AsyncClient,
     sim: httpx.AsyncClient,
     http: httpx.AsyncClient,
 ) -> None:
     """No such index, a malformed path, or a task of another client: all plain 404s."""
-    task_id = await stored_task(service, sim, http)
+    task_id = await stored_task(db, sim, http)
     for path in (
         f"/v1/tasks/{task_id}/results/1",
         f"/v1/tasks/{task_id}/results/abc",
@@ -630,12 +631,12 @@ async def test_unknown_results_and_other_clients_tasks_are_404(
 
 
 async def test_an_unreadable_stored_image_is_503(
-    service: Service, api: httpx.AsyncClient, sim: httpx.AsyncClient, http: httpx.AsyncClient
+    db: Db, api: httpx.AsyncClient, sim: httpx.AsyncClient, http: httpx.AsyncClient
 ) -> None:
     """When the store cannot produce the bytes, the answer is a problem, not a broken body."""
-    task_id = await stored_task(service, sim, http)
-    [row] = await rows_of(service, task_id)
-    (Path(service.resources.storage.url) / (row.storage_key or "")).unlink()
+    task_id = await stored_task(db, sim, http)
+    [row] = await rows_of(db, task_id)
+    (Path(db.resources.storage.url) / (row.storage_key or "")).unlink()
     response = await api.get(f"/v1/tasks/{task_id}/results/0")
     assert response.status_code == 503
     assert response.headers["content-type"] == "application/problem+json"

@@ -15,8 +15,7 @@ import h11
 import httpx
 import pytest
 
-from tests.conftest import Service
-from tests.helpers import ALPHA_KEY
+from tests.conftest import Caller, Service
 
 # A guard so that a server waiting for the body fails the test instead of hanging it.
 ANSWER_WITHIN_SECONDS = 20
@@ -67,12 +66,18 @@ def url(service_url: str) -> str:
     return service_url
 
 
-async def test_a_declared_body_over_the_limit_is_413_before_it_is_sent(url: str) -> None:
+@pytest.fixture
+def key(caller: Caller) -> str:
+    """The test's own API key."""
+    return caller.key
+
+
+async def test_a_declared_body_over_the_limit_is_413_before_it_is_sent(url: str, key: str) -> None:
     """A Content-Length over the REST limit is refused at once, without waiting for the body."""
     answer = await exchange(
         url,
         [
-            ("Authorization", f"Bearer {ALPHA_KEY}"),
+            ("Authorization", f"Bearer {key}"),
             ("Content-Type", "application/json"),
             ("Content-Length", HUGE),
         ],
@@ -82,7 +87,7 @@ async def test_a_declared_body_over_the_limit_is_413_before_it_is_sent(url: str)
     assert b"payload-too-large" in answer.body
 
 
-async def test_a_streamed_body_over_the_limit_is_cut_with_413(url: str) -> None:
+async def test_a_streamed_body_over_the_limit_is_cut_with_413(url: str, key: str) -> None:
     """A chunked body is counted as it arrives and refused once it passes the limit."""
 
     async def chunks() -> AsyncIterator[bytes]:
@@ -90,7 +95,7 @@ async def test_a_streamed_body_over_the_limit_is_cut_with_413(url: str) -> None:
         for _ in range(40):
             yield b"y" * 65536
 
-    headers = {"Authorization": f"Bearer {ALPHA_KEY}", "Content-Type": "application/json"}
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
         response = await client.post("/v1/tasks", content=chunks(), headers=headers)
     assert response.status_code == 413
@@ -98,7 +103,7 @@ async def test_a_streamed_body_over_the_limit_is_cut_with_413(url: str) -> None:
 
 
 async def test_a_streamed_body_is_cut_at_the_limit_not_at_its_end(
-    url: str, service: Service
+    url: str, key: str, service: Service
 ) -> None:
     """A chunked body that passes the limit is answered 413 while the rest is still to come.
 
@@ -109,7 +114,7 @@ async def test_a_streamed_body_is_cut_at_the_limit_not_at_its_end(
     answer = await exchange(
         url,
         [
-            ("Authorization", f"Bearer {ALPHA_KEY}"),
+            ("Authorization", f"Bearer {key}"),
             ("Content-Type", "application/json"),
             ("Transfer-Encoding", "chunked"),
         ],
@@ -139,13 +144,13 @@ async def test_an_unauthenticated_huge_body_is_401_not_413(url: str) -> None:
     assert answer.status == 401, answer
 
 
-async def test_a_body_within_the_limit_is_still_accepted(url: str) -> None:
+async def test_a_body_within_the_limit_is_still_accepted(url: str, key: str) -> None:
     """A task of ordinary size is created as before."""
     body = b'{"prompt": "snow", "image_urls": ["https://cdn.example.com/in/a.png"]}'
     answer = await exchange(
         url,
         [
-            ("Authorization", f"Bearer {ALPHA_KEY}"),
+            ("Authorization", f"Bearer {key}"),
             ("Content-Type", "application/json"),
             ("Content-Length", str(len(body))),
         ],

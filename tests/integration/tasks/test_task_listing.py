@@ -12,6 +12,8 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from tests.conftest import Caller
+
 REQUEST = {"prompt": "p", "image_urls": ["https://a.example/x.png"]}
 
 
@@ -19,7 +21,7 @@ def seed_tasks(
     database_url: str,
     count: int,
     *,
-    client: str = "alpha",
+    client: str,
     status: str = "completed",
     start: datetime | None = None,
 ) -> list[str]:
@@ -62,19 +64,19 @@ async def walk(api: httpx.AsyncClient, params: dict[str, str | int]) -> list[dic
 
 
 async def test_pages_are_newest_first_and_complete(
-    api: httpx.AsyncClient, database_url: str
+    api: httpx.AsyncClient, database_url: str, caller: Caller
 ) -> None:
     """Following cursors visits every task once, newest first."""
-    ids = seed_tasks(database_url, 53)
+    ids = seed_tasks(database_url, 53, client=caller.name)
     seen = await walk(api, {"limit": 10})
     assert [item["id"] for item in seen] == ids[::-1]
 
 
 async def test_pagination_is_stable_while_tasks_are_added(
-    api: httpx.AsyncClient, database_url: str
+    api: httpx.AsyncClient, database_url: str, caller: Caller
 ) -> None:
     """Tasks created during a walk neither repeat nor hide any task that existed before it."""
-    original = seed_tasks(database_url, 120)
+    original = seed_tasks(database_url, 120, client=caller.name)
     seen: list[str] = []
     cursor = None
     added = 0
@@ -86,7 +88,11 @@ async def test_pagination_is_stable_while_tasks_are_added(
         seen += [item["id"] for item in body["items"]]
         # Between pages, new tasks arrive (newer than all the others).
         await asyncio.to_thread(
-            seed_tasks, database_url, 7, start=datetime.now(UTC) + timedelta(seconds=added)
+            seed_tasks,
+            database_url,
+            7,
+            client=caller.name,
+            start=datetime.now(UTC) + timedelta(seconds=added),
         )
         added += 1
         cursor = body["next_cursor"]
@@ -96,11 +102,15 @@ async def test_pagination_is_stable_while_tasks_are_added(
     assert seen == original[::-1]
 
 
-async def test_status_and_time_filters(api: httpx.AsyncClient, database_url: str) -> None:
+async def test_status_and_time_filters(
+    api: httpx.AsyncClient, database_url: str, caller: Caller
+) -> None:
     """`status` (repeatable) and the created_* bounds narrow the listing."""
     t0 = datetime(2026, 3, 1, tzinfo=UTC)
-    done = seed_tasks(database_url, 5, status="completed", start=t0)
-    failed = seed_tasks(database_url, 3, status="failed", start=t0 + timedelta(seconds=10))
+    done = seed_tasks(database_url, 5, client=caller.name, status="completed", start=t0)
+    failed = seed_tasks(
+        database_url, 3, client=caller.name, status="failed", start=t0 + timedelta(seconds=10)
+    )
     only_failed = await walk(api, {"status": "failed", "limit": 2})
     assert [i["id"] for i in only_failed] == failed[::-1]
     both = (

@@ -22,11 +22,11 @@ from app.main import create_app
 from app.notify import TASK_CHANNEL
 from app.servers import RunningServer, bind, socket_url, start_server
 from app.vocabulary import RANK, TaskStatus
-from tests.helpers import ALPHA_KEY, VALID_EDIT, make_settings
+from tests.helpers import VALID_EDIT, make_settings
 from tests.integration.tasks.test_task_waiting import quiet, until
 
 if TYPE_CHECKING:
-    from tests.conftest import Service
+    from tests.conftest import Caller, Callers, Service
 
 
 @dataclass
@@ -127,13 +127,15 @@ async def stream(
                     await live._pending
 
 
-async def insert_task(database_url: str, status: str = "processing", progress: int = 50) -> str:
+async def insert_task(
+    database_url: str, caller: Caller, status: str = "processing", progress: int = 50
+) -> str:
     task_id = uuid.uuid4()
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         await conn.execute(
             "INSERT INTO tasks (id, client, status, progress, request, metadata, request_hash)"
-            " VALUES (%s, 'alpha', %s, %s, '{}', '{}', 'h')",
-            (task_id, status, progress),
+            " VALUES (%s, %s, %s, %s, '{}', '{}', 'h')",
+            (task_id, caller.name, status, progress),
         )
     return str(task_id)
 
@@ -186,10 +188,10 @@ async def test_the_stream_sees_every_change_in_order_and_closes_once_settled(
 
 
 async def test_each_change_is_one_event_with_the_task_as_get_answers_it(
-    api: httpx.AsyncClient, database_url: str
+    api: httpx.AsyncClient, database_url: str, caller: Caller
 ) -> None:
     """Every notified change is sent, in order; the stream ends with the terminal state."""
-    task_id = await insert_task(database_url, progress=10)
+    task_id = await insert_task(database_url, caller, progress=10)
     async with stream(api, task_id) as live:
         first = await live.event()
         assert first is not None
@@ -221,11 +223,11 @@ async def test_a_settled_task_yields_one_event_and_closes(api: httpx.AsyncClient
 
 
 async def test_resuming_sends_the_current_state_only_if_it_changed_since(
-    api: httpx.AsyncClient, database_url: str
+    api: httpx.AsyncClient, database_url: str, caller: Caller
 ) -> None:
     """`Last-Event-ID` of the current state: nothing until the next change; of an older state:
     the current one at once; on a settled task: nothing, and the end."""
-    task_id = await insert_task(database_url, progress=10)
+    task_id = await insert_task(database_url, caller, progress=10)
     async with stream(api, task_id) as live:
         seen = await live.event()
     assert seen is not None
@@ -252,10 +254,10 @@ async def test_resuming_sends_the_current_state_only_if_it_changed_since(
 
 
 async def test_another_clients_task_is_not_found(
-    api: httpx.AsyncClient, beta_api: httpx.AsyncClient, database_url: str
+    api: httpx.AsyncClient, beta_api: httpx.AsyncClient, database_url: str, caller: Caller
 ) -> None:
     """The stream of a task the caller does not own is the same 404 as a task that never was."""
-    task_id = await insert_task(database_url)
+    task_id = await insert_task(database_url, caller)
     for client, target in ((beta_api, task_id), (api, uuid.uuid4())):
         answer = await client.get(f"/v1/tasks/{target}/stream")
         assert answer.status_code == 404
@@ -266,13 +268,13 @@ async def test_another_clients_task_is_not_found(
 
 
 async def test_the_followers_of_one_task_share_one_read_per_notification(
-    api: httpx.AsyncClient, service: Service, database_url: str
+    api: httpx.AsyncClient, service: Service, database_url: str, caller: Caller
 ) -> None:
     """Ten streams on one task: after a change all of them send it, and the task was read
     once for them all."""
     waiter = service.resources.waiter
     assert waiter is not None
-    task_id = await insert_task(database_url, progress=10)
+    task_id = await insert_task(database_url, caller, progress=10)
     reads: list[str] = []
 
     def count(
@@ -308,7 +310,7 @@ async def test_the_followers_of_one_task_share_one_read_per_notification(
 
 @pytest.fixture
 async def keepalive_url(
-    database_url: str, simulator: RunningServer, tmp_path: object, clean_db: None
+    database_url: str, simulator: RunningServer, tmp_path: object, callers: Callers
 ) -> AsyncIterator[str]:
     """A second API whose streams send their keep-alive every 0.2 s."""
     sock = bind()
@@ -316,6 +318,7 @@ async def keepalive_url(
         database_url,
         simulator.url,
         socket_url(sock),
+        api_keys=callers.api_keys,
         storage_url=str(tmp_path),
         db_pool_size=1,
         stream_keepalive_seconds=0.2,
@@ -328,11 +331,11 @@ async def keepalive_url(
 
 
 async def test_an_idle_stream_sends_keep_alive_comments(
-    keepalive_url: str, database_url: str
+    keepalive_url: str, database_url: str, caller: Caller
 ) -> None:
     """With nothing changing, a comment comes every keep-alive interval (a setting)."""
-    task_id = await insert_task(database_url)
-    headers = {"Authorization": f"Bearer {ALPHA_KEY}"}
+    task_id = await insert_task(database_url, caller)
+    headers = caller.headers
     async with (
         httpx.AsyncClient(base_url=keepalive_url, headers=headers, timeout=10) as client,
         stream(client, task_id) as live,

@@ -10,7 +10,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.helpers import ALPHA_KEY, VALID_EDIT
+from tests.conftest import Caller
+from tests.helpers import VALID_EDIT
 
 CASES: list[tuple[str, dict[str, Any], str]] = [
     ("prompt missing", {"prompt": None}, "prompt"),
@@ -181,7 +182,7 @@ async def test_lone_surrogates_are_refused_naming_the_field(
     assert listing.json()["items"] == []
 
 
-async def raw_post(base_url: str, headers: list[bytes], body: bytes) -> bytes:
+async def raw_post(base_url: str, key: str, headers: list[bytes], body: bytes) -> bytes:
     """The status line of a POST /v1/tasks written byte for byte, as no client library would."""
     parts = urlsplit(base_url)
     reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
@@ -189,7 +190,7 @@ async def raw_post(base_url: str, headers: list[bytes], body: bytes) -> bytes:
         head = [
             b"POST /v1/tasks HTTP/1.1",
             b"Host: " + parts.netloc.encode(),
-            b"Authorization: Bearer " + ALPHA_KEY.encode(),
+            b"Authorization: Bearer " + key.encode(),
             b"Content-Type: application/json",
             b"Content-Length: " + str(len(body)).encode(),
             b"Connection: close",
@@ -203,10 +204,15 @@ async def raw_post(base_url: str, headers: list[bytes], body: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("key", [b"a\x00b", b"\x00"], ids=["inside", "alone"])
-async def test_an_idempotency_key_with_nul_is_refused(api: httpx.AsyncClient, key: bytes) -> None:
+async def test_an_idempotency_key_with_nul_is_refused(
+    api: httpx.AsyncClient, caller: Caller, key: bytes
+) -> None:
     """A NUL in the Idempotency-Key never reaches Postgres: the request is refused whole."""
     status_line = await raw_post(
-        str(api.base_url), [b"Idempotency-Key: " + key], json.dumps(VALID_EDIT).encode()
+        str(api.base_url),
+        caller.key,
+        [b"Idempotency-Key: " + key],
+        json.dumps(VALID_EDIT).encode(),
     )
     status = int(status_line.split()[1])
     assert 400 <= status < 500, status_line

@@ -15,14 +15,14 @@ from sqlalchemy import event
 from app.notify import TASK_CHANNEL
 
 if TYPE_CHECKING:
-    from tests.conftest import Service
+    from tests.conftest import Caller, Service
 
 
 WAITERS = 50
 
 
 async def test_the_waiters_of_one_task_share_one_read_per_notification(
-    api: httpx.AsyncClient, service: Service, database_url: str
+    api: httpx.AsyncClient, service: Service, database_url: str, caller: Caller
 ) -> None:
     """Requests waiting on one task in one process cost one read of it per notification."""
     waiter = service.resources.waiter
@@ -31,8 +31,8 @@ async def test_the_waiters_of_one_task_share_one_read_per_notification(
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         await conn.execute(
             "INSERT INTO tasks (id, client, status, progress, request, metadata, request_hash)"
-            " VALUES (%s, 'alpha', 'processing', 50, '{}', '{}', 'h')",
-            (task_id,),
+            " VALUES (%s, %s, 'processing', 50, '{}', '{}', 'h')",
+            (task_id, caller.name),
         )
     reads: list[str] = []
 
@@ -72,7 +72,7 @@ async def test_the_waiters_of_one_task_share_one_read_per_notification(
 
 
 async def test_waiters_arriving_together_share_their_first_read(
-    api: httpx.AsyncClient, service: Service, database_url: str
+    api: httpx.AsyncClient, service: Service, database_url: str, caller: Caller
 ) -> None:
     """Requests that come to wait on a task in one process read it once between them, not
     once each, and each answer carries its own request id and the shared body."""
@@ -82,8 +82,8 @@ async def test_waiters_arriving_together_share_their_first_read(
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         await conn.execute(
             "INSERT INTO tasks (id, client, status, progress, request, metadata, request_hash)"
-            " VALUES (%s, 'alpha', 'processing', 50, '{}', '{}', 'h')",
-            (task_id,),
+            " VALUES (%s, %s, 'processing', 50, '{}', '{}', 'h')",
+            (task_id, caller.name),
         )
     reads: list[str] = []
 

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import httpx
+import psycopg
 import pytest
 from fastapi import FastAPI, Request, Response
 
@@ -22,7 +23,7 @@ from app.main import create_app
 from app.resources import open_resources
 from app.servers import RunningServer, bind, socket_url, start_server
 from app.worker import run_worker
-from tests.conftest import Service, truncate
+from tests.conftest import Service
 from tests.helpers import ALPHA_KEY, BETA_KEY, make_settings, migrated_database
 
 # Seconds between attempts, and the attempt timeout, made short so the tests retry fast
@@ -103,6 +104,21 @@ def receiver(receiver_server: tuple[Receiver, RunningServer]) -> Receiver:
     receiver.received.clear()
     receiver.plans.clear()
     return receiver
+
+
+async def truncate(database_url: str) -> None:
+    """Empty the webhook tests' tables; the worker may still be finishing a job, so retry."""
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        for attempt in range(5):
+            try:
+                await conn.execute(
+                    "TRUNCATE tasks, task_events, task_results, webhook_messages,"
+                    " webhook_attempts, webhook_endpoints, webhook_client_secrets"
+                )
+                break
+            except psycopg.errors.DeadlockDetected:
+                await asyncio.sleep(0.1 * (attempt + 1))
+        await conn.execute("DELETE FROM procrastinate_jobs WHERE status <> 'doing'")
 
 
 @pytest.fixture(scope="module")
