@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import Service
+from tests.conftest import Caller, Service
 
 EDITHOOK = [sys.executable, "-m", "app.cli"]
 
@@ -86,15 +86,15 @@ async def test_an_operator_makes_a_client_and_key_then_disables_and_revokes(
     assert await _status(service.url, key["key"], 401) == 401
 
 
-def test_refusals_are_the_apis_problems_on_stderr(service: Service) -> None:
+def test_refusals_are_the_apis_problems_on_stderr(service: Service, caller: Caller) -> None:
     db = service.settings.database_url
     assert _refused(db, "clients", "show", "no-such-client")["status"] == 404
     assert _refused(db, "keys", "create", "no-such-client")["status"] == 404
-    assert _refused(db, "clients", "create", "alpha")["status"] == 409
+    assert _refused(db, "clients", "create", caller.name)["status"] == 409
     invalid = _refused(db, "clients", "create", "fine-name", "--budget-soft-ratio", "2")
     assert invalid["status"] == 422
     assert invalid["errors"][0]["field"] == "budget_soft_ratio"
-    assert _refused(db, "keys", "revoke", "alpha", "not-a-key-id")["status"] == 404
+    assert _refused(db, "keys", "revoke", caller.name, "not-a-key-id")["status"] == 404
 
 
 def test_without_a_database_url_it_says_so() -> None:

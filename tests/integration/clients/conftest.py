@@ -25,6 +25,7 @@ async def replica(service: Service, simulator: RunningServer) -> AsyncIterator[R
         service.settings.database_url,
         simulator.url,
         socket_url(sock),
+        api_keys=service.settings.api_keys.get_secret_value(),
         storage_url=service.settings.storage_url,
         admin_keys="",
         db_pool_size=1,

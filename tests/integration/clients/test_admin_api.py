@@ -14,8 +14,8 @@ from app.clients.seeding import seed
 from app.db import transaction
 from app.models import ApiKey
 from app.servers import RunningServer
-from tests.conftest import Service
-from tests.helpers import ALPHA_KEY, VALID_EDIT
+from tests.conftest import Caller, Service
+from tests.helpers import VALID_EDIT
 
 PROBLEM = "application/problem+json"
 
@@ -37,19 +37,21 @@ async def _until_status(http: httpx.AsyncClient, key: str, status: int) -> httpx
 
 @pytest.mark.parametrize(
     "authorization",
-    [None, "Bearer not-an-admin-key-0123456789-0123456789", f"Bearer {ALPHA_KEY}", "Basic eDp5"],
+    [None, "Bearer not-an-admin-key-0123456789-0123456789", "client", "Basic eDp5"],
 )
 async def test_the_admin_api_refuses_anything_but_an_admin_key(
-    service: Service, authorization: str | None
+    service: Service, caller: Caller, authorization: str | None
 ) -> None:
     """401 with a challenge for no key, a wrong one, or a client's key — with a body too,
     refused before it is read."""
+    if authorization == "client":
+        authorization = f"Bearer {caller.key}"
     headers = {"Authorization": authorization} if authorization else {}
     async with httpx.AsyncClient(base_url=service.url, headers=headers) as http:
         for answer in (
             await http.get("/v1/admin/clients"),
             await http.post("/v1/admin/clients", json={"name": "never-made"}),
-            await http.delete(f"/v1/admin/clients/alpha/keys/{uuid.uuid4()}"),
+            await http.delete(f"/v1/admin/clients/{caller.name}/keys/{uuid.uuid4()}"),
         ):
             _problem(answer, 401, "unauthorized")
             assert answer.headers["www-authenticate"] == "Bearer"
@@ -57,10 +59,12 @@ async def test_the_admin_api_refuses_anything_but_an_admin_key(
         assert (await http.get("/v1/admin/clients/never-made")).status_code == 401
 
 
-async def test_with_no_admin_key_configured_the_admin_api_is_off(replica: RunningServer) -> None:
+async def test_with_no_admin_key_configured_the_admin_api_is_off(
+    replica: RunningServer, caller: Caller
+) -> None:
     """403 `admin-disabled`, whatever key comes: none could ever be right."""
     async with httpx.AsyncClient(base_url=replica.url) as http:
-        for headers in ({}, {"Authorization": f"Bearer {ALPHA_KEY}"}):
+        for headers in ({}, caller.headers):
             answer = await http.get("/v1/admin/clients", headers=headers)
             _problem(answer, 403, "admin-disabled")
             assert "EDITHOOK_ADMIN_KEYS" in answer.json()["detail"]
@@ -69,7 +73,7 @@ async def test_with_no_admin_key_configured_the_admin_api_is_off(replica: Runnin
 
 
 async def test_a_client_and_its_keys_from_making_to_revoking(
-    service: Service, admin: httpx.AsyncClient, client_name: str
+    service: Service, admin: httpx.AsyncClient, client_name: str, caller: Caller
 ) -> None:
     made = await admin.post(
         "/v1/admin/clients",
@@ -84,7 +88,7 @@ async def test_a_client_and_its_keys_from_making_to_revoking(
     assert (await admin.get(f"/v1/admin/clients/{client_name}")).json() == client
     names = [c["name"] for c in (await admin.get("/v1/admin/clients")).json()["items"]]
     assert client_name in names
-    assert "alpha" in names
+    assert caller.name in names
 
     created = await admin.post(f"/v1/admin/clients/{client_name}/keys")
     assert created.status_code == 201
@@ -151,7 +155,9 @@ async def test_a_disabled_clients_keys_are_403(
     assert (cleared.json()["status"], cleared.json()["max_in_flight"]) == ("disabled", None)
 
 
-async def test_refusals_are_problems(admin: httpx.AsyncClient, client_name: str) -> None:
+async def test_refusals_are_problems(
+    admin: httpx.AsyncClient, client_name: str, caller: Caller
+) -> None:
     assert (await admin.post("/v1/admin/clients", json={"name": client_name})).status_code == 201
     _problem(await admin.post("/v1/admin/clients", json={"name": client_name}), 409, "conflict")
     for body in (
@@ -175,7 +181,7 @@ async def test_refusals_are_problems(admin: httpx.AsyncClient, client_name: str)
         answer = await admin.delete(f"/v1/admin/clients/{client_name}/keys/{key_id}")
         _problem(answer, 404, "not-found")
     # Another client's key is not this client's to revoke.
-    other = (await admin.get("/v1/admin/clients/alpha/keys")).json()["items"][0]["id"]
+    other = (await admin.get(f"/v1/admin/clients/{caller.name}/keys")).json()["items"][0]["id"]
     answer = await admin.delete(f"/v1/admin/clients/{client_name}/keys/{other}")
     _problem(answer, 404, "not-found")
 
