@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.clients.keys import notify_keys_changed
@@ -19,7 +20,7 @@ from app.clients.schemas import ClientCreate, ClientUpdate, Limits
 from app.errors import Conflict, NotFound
 from app.models import ApiKey, Client
 from app.security import key_digest
-from app.vocabulary import BudgetPeriod
+from app.vocabulary import BudgetPeriod, ClientStatus
 
 # A key made here: a recognisable prefix (for secret scanners and people) and 256 random bits.
 KEY_PREFIX = "ehk_"
@@ -38,15 +39,19 @@ def _limits(client: Client, values: Mapping[str, Any]) -> None:
 
 
 async def create_client(session: AsyncSession, body: ClientCreate) -> Client:
-    exists = await session.scalar(select(Client.name).where(Client.name == body.name))
-    if exists is not None:
+    """The new client; Conflict if the name is taken, even by a create racing this one."""
+    values = body.model_dump(include=set(Limits.model_fields))
+    if values["budget_images"] is not None and values["budget_period"] is None:
+        values["budget_period"] = BudgetPeriod.MONTH
+    made: Client | None = await session.scalar(
+        insert(Client)
+        .values(name=body.name, status=ClientStatus.ACTIVE, **values)
+        .on_conflict_do_nothing(index_elements=["name"])
+        .returning(Client)
+    )
+    if made is None:
         raise Conflict(f"A client named {body.name!r} exists.")
-    client = Client(name=body.name)
-    _limits(client, body.model_dump(include=set(Limits.model_fields)))
-    session.add(client)
-    await session.flush()
-    await session.refresh(client)
-    return client
+    return made
 
 
 async def list_clients(session: AsyncSession) -> Sequence[Client]:

@@ -206,3 +206,12 @@ async def test_seeding_is_idempotent_and_keeps_a_revocation(
         assert len(listed) == 1
         assert listed[0]["revoked_at"] is not None
         assert (await _until_status(http, key, 401)).status_code == 401
+
+
+async def test_concurrent_creates_of_one_name_make_one_client(
+    admin: httpx.AsyncClient, client_name: str
+) -> None:
+    answers = await asyncio.gather(
+        *(admin.post("/v1/admin/clients", json={"name": client_name}) for _ in range(10))
+    )
+    assert sorted(a.status_code for a in answers) == [201] + [409] * 9
