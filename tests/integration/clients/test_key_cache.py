@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
+import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import select
 
-from app.clients.keys import KeyCache
+from app.clients.keys import KEYS_CHANNEL, KeyCache
 from app.clients.schemas import ClientCreate
 from app.clients.service import create_client, create_key
 from app.db import create_pool, transaction
 from app.models import ApiKey
+from app.waiting import TaskWaiter
 from tests.conftest import Service
 
 
@@ -75,3 +77,32 @@ async def test_a_keys_use_is_written_at_most_once_a_mark_interval(
     await cache.flush()  # within the minute: nothing to write
     assert await last_used() == first
     assert cache.lookup("no-such-key") is None
+
+
+async def test_the_waiters_connection_hands_key_notifications_on_and_says_when_lost(
+    database_url: str,
+) -> None:
+    """A NOTIFY on the keys channel reaches its handler; a lost LISTEN connection tells it
+    (None), since notifications sent meanwhile are gone."""
+    heard: list[str | None] = []
+    waiter = TaskWaiter(database_url, channels={KEYS_CHANNEL: heard.append})
+    await waiter.start()
+    try:
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+            await conn.execute("SELECT pg_notify(%s, 'hello')", (KEYS_CHANNEL,))
+            await _until(lambda: heard == ["hello"])
+            old_pid = waiter.backend_pid
+            await conn.execute("SELECT pg_terminate_backend(%s)", (old_pid,))
+            await _until(lambda: waiter.listening and waiter.backend_pid not in (None, old_pid))
+            assert heard[1:] == [None, None]  # lost, and back
+            await conn.execute("SELECT pg_notify(%s, 'again')", (KEYS_CHANNEL,))
+            await _until(lambda: heard[-1] == "again")
+    finally:
+        await waiter.stop()
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, "not seen within 10 s"
+        await asyncio.sleep(0.02)
