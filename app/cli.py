@@ -1,4 +1,4 @@
-"""`edithook dev | serve | worker | migrate | healthcheck | simulator`."""
+"""`edithook dev | serve | worker | migrate | healthcheck | simulator | clients | keys`."""
 
 from __future__ import annotations
 
@@ -113,6 +113,25 @@ def migrate() -> int:
 
     upgrade(settings.database_url)
     return 0
+
+
+def admin(command: str, args: argparse.Namespace) -> int:
+    """`edithook clients …` and `edithook keys …`, straight on the database."""
+    try:
+        settings = load_settings()
+        if not settings.database_url:
+            raise Refused(
+                ["EDITHOOK_DATABASE_URL is not set; set it to postgresql://user:pass@host/db"],
+                preflight.BAD_SETTINGS,
+            )
+        problem = preflight.database_problem(settings.database_url)
+        if problem:
+            raise Refused([problem], preflight.UNAVAILABLE)
+    except Refused as exc:
+        refuse(command, exc.problems, exc.code)
+    from app.clients.commands import run
+
+    return run(command, args, settings.database_url)
 
 
 def _simulator_factory(command: str) -> Callable[[], FastAPI]:
@@ -275,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     sim_parser = commands.add_parser("simulator", help="run the EvoLink simulator alone")
     sim_parser.add_argument("--port", type=int, default=8100)
+    from app.clients.commands import add_parsers
+
+    add_parsers(commands)
     args = parser.parse_args(argv)
     match args.command:
         case "dev":
@@ -291,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
             return healthcheck(args.role)
         case "simulator":
             return simulator(args.port)
+        case "clients" | "keys":
+            return admin(args.command, args)
     return 2
 
 

@@ -11,11 +11,20 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import PROBLEM_JSON, NotFound, Unauthorized
+from app.clients.keys import KeyCache
+from app.errors import PROBLEM_JSON, AdminDisabled, ClientDisabled, NotFound, Unauthorized
 from app.resources import Resources
-from app.security import ApiKeys
+from app.security import AdminKeys
 
-_bearer = HTTPBearer(auto_error=False, description="A client key from EDITHOOK_API_KEYS.")
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="A client's key, made with `edithook keys create` (or EDITHOOK_API_KEYS).",
+)
+_admin_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="AdminKey",
+    description="An operator's key from EDITHOOK_ADMIN_KEYS.",
+)
 
 
 # The dependencies without I/O are still `async def`: FastAPI runs a plain `def` dependency
@@ -63,16 +72,48 @@ def parse_task_id(task_id: str) -> uuid.UUID:
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
-def authenticate(api_keys: ApiKeys, authorization: str | None) -> str:
-    """The client whose key an `Authorization` header carries; raises Unauthorized if none."""
+def _bearer_key(authorization: str | None) -> str:
     scheme, _, key = (authorization or "").partition(" ")
     key = key.strip()
     if scheme.lower() != "bearer" or not key:
         raise Unauthorized("Send `Authorization: Bearer <key>`.", headers=CHALLENGE)
-    client = api_keys.client_for(key)
-    if client is None:
+    return key
+
+
+def authenticate(keys: KeyCache, authorization: str | None) -> str:
+    """The client whose key an `Authorization` header carries.
+
+    Raises Unauthorized (401) for no key or one that is not valid (unknown or revoked), and
+    ClientDisabled (403) for a valid key of a disabled client.
+    """
+    entry = keys.lookup(_bearer_key(authorization))
+    if entry is None:
         raise Unauthorized("The key is not valid.", headers=CHALLENGE)
-    return client
+    if not entry.active:
+        raise ClientDisabled(f"The client {entry.client!r} is disabled; ask an operator.")
+    return entry.client
+
+
+def authenticate_admin(admin_keys: AdminKeys, authorization: str | None) -> None:
+    """Raises AdminDisabled (403) when no admin key is configured, else Unauthorized (401)
+    unless the header carries one of them."""
+    if not admin_keys:
+        raise AdminDisabled(
+            "The admin API is off: set EDITHOOK_ADMIN_KEYS, or use `edithook clients` and "
+            "`edithook keys` on the database."
+        )
+    if not admin_keys.accepts(_bearer_key(authorization)):
+        raise Unauthorized("The key is not an admin key.", headers=CHALLENGE)
+
+
+async def get_admin(
+    request: Request,
+    resources: ResourcesDep,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_admin_bearer)],
+) -> None:
+    """Admits an operator's request (the edge has already checked those with a body)."""
+    authenticate_admin(resources.admin_keys, request.headers.get("authorization"))
+    structlog.contextvars.bind_contextvars(client="admin")
 
 
 async def get_caller(

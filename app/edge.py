@@ -5,7 +5,8 @@ route's dependencies: a check made there comes after the body has arrived. Here:
 
 - a request with a body to the client API (`/v1/`, but not the callback receiver, whose
   token is in its path and checked by its route) must carry a valid key, or is answered 401
-  without a byte of its body read;
+  (403 for a disabled client's) without a byte of its body read; one to the admin API
+  (`/v1/admin/`) must carry an admin key;
 - the body is limited while it streams: a declared `Content-Length` over the route's limit
   fails the first read at once, a streamed body fails the read that passes the limit (both
   raise `BodyTooLarge`, answered 413); the receiver catches it to record the attempt;
@@ -23,12 +24,13 @@ import structlog
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.deps import authenticate
-from app.errors import BodyTooLarge, Unauthorized, problem, unexpected
+from app.deps import authenticate, authenticate_admin
+from app.errors import BodyTooLarge, ProblemError, problem, unexpected
 from app.resources import Resources
 
 CLIENT_API_PREFIX = "/v1/"
 CALLBACK_PREFIX = "/v1/callbacks/"
+ADMIN_PREFIX = "/v1/admin/"
 
 
 class RequestEdge:
@@ -52,8 +54,11 @@ class RequestEdge:
         if has_body and not callback and path.startswith(CLIENT_API_PREFIX):
             resources: Resources = scope["app"].state.resources
             try:
-                authenticate(resources.api_keys, headers.get("authorization"))
-            except Unauthorized as exc:
+                if path.startswith(ADMIN_PREFIX):
+                    authenticate_admin(resources.admin_keys, headers.get("authorization"))
+                else:
+                    authenticate(resources.api_keys, headers.get("authorization"))
+            except ProblemError as exc:
                 response = problem(
                     exc.status, slug=exc.slug, title=exc.title, detail=exc.detail,
                     headers=exc.headers,

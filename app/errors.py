@@ -63,6 +63,14 @@ class Unauthorized(ProblemError):
     status, slug, title = 401, "unauthorized", "Unauthorized"
 
 
+class ClientDisabled(ProblemError):
+    status, slug, title = 403, "client-disabled", "Client disabled"
+
+
+class AdminDisabled(ProblemError):
+    status, slug, title = 403, "admin-disabled", "Admin API disabled"
+
+
 class BadRequest(ProblemError):
     status, slug, title = 400, "bad-request", "Bad request"
 

@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from app import __doc__ as about
 from app.callbacks.routes import router as callbacks_router
+from app.clients.routes import router as clients_router
 from app.deps import ResourcesDep
 from app.docs_ui import install_docs
 from app.edge import RequestEdge
@@ -90,6 +91,7 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
     app.include_router(tasks_router)
     app.include_router(results_router)
     app.include_router(webhooks_router)
+    app.include_router(clients_router)
     app.include_router(metrics_router)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")

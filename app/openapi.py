@@ -2,8 +2,9 @@
 
 Routes declare the answers particular to them (404, 409, 410…). What follows from a route's
 shape is added here, once, so that a new route is documented truthfully without repeating
-itself: 401 for routes that take a client key, 400 and 413 for routes with a body, 400 for
-routes with a cursor, 503 for routes that need the database, and 422 as problem details.
+itself: 401 and 403 for routes that take a client's or an operator's key, 400 and 413 for
+routes with a body, 400 for routes with a cursor, 503 for routes that need the database,
+and 422 as problem details.
 Every error is `application/problem+json` with the `Problem` schema (validation problems
 add `errors`); FastAPI's own `HTTPValidationError` schema never appears.
 """
@@ -19,7 +20,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute, iter_route_contexts
 from pydantic import BaseModel, Field
 
-from app.deps import get_caller
+from app.deps import get_admin, get_caller
 from app.errors import PROBLEM_JSON
 
 # Routes that answer without the database: nothing there can be a 503 for want of it.
@@ -60,6 +61,7 @@ RETRY_AFTER = {
 ADDED: dict[str, str] = {
     "400": "The body, a cursor or another parameter cannot be read.",
     "401": "No key, or a key that is not valid (`WWW-Authenticate: Bearer`).",
+    "403": "The key's client is disabled.",
     "413": "The body is over the limit.",
     "503": "The database is unavailable; retry after `Retry-After` seconds.",
 }
@@ -108,7 +110,12 @@ def _document_errors(route: APIRoute, path: str, operation: dict[str, Any]) -> N
     responses: dict[str, Any] = operation.setdefault("responses", {})
     added = set()
     if _depends_on(route.dependant, get_caller):
-        added.add("401")
+        added |= {"401", "403"}
+    if _depends_on(route.dependant, get_admin):
+        added |= {"401", "403"}
+        responses.setdefault(
+            "403", {"description": "No admin key is configured (EDITHOOK_ADMIN_KEYS)."}
+        )
     if route.body_field is not None or path.startswith("/v1/callbacks/"):
         added |= {"400", "413"}
     if any(param.name == "cursor" for param in route.dependant.query_params):

@@ -12,25 +12,26 @@ import uuid
 REDACTED = "[redacted]"
 
 
-class ApiKeys:
-    """Maps bearer keys to client names without keeping or comparing the keys themselves.
+def key_digest(key: str) -> bytes:
+    """The SHA-256 digest a key is stored and looked up by (docs/decisions.md says why)."""
+    return hashlib.sha256(key.encode()).digest()
 
-    Keys are looked up by their SHA-256 digest, so the time a lookup takes says nothing about
-    how much of a guessed key was right.
+
+class AdminKeys:
+    """The operators' keys of EDITHOOK_ADMIN_KEYS, held and compared only as digests.
+
+    Looked up by digest, so the time a check takes says nothing about how much of a guessed
+    key was right.
     """
 
-    def __init__(self, keys: dict[str, str]) -> None:
-        self._clients = {_digest(key): client for key, client in keys.items()}
+    def __init__(self, keys: list[str]) -> None:
+        self._digests = frozenset(key_digest(key) for key in keys)
 
-    def client_for(self, key: str) -> str | None:
-        return self._clients.get(_digest(key))
+    def accepts(self, key: str) -> bool:
+        return key_digest(key) in self._digests
 
     def __len__(self) -> int:
-        return len(self._clients)
-
-
-def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
+        return len(self._digests)
 
 
 def callback_token(secret: str, task_id: uuid.UUID) -> str:

@@ -78,6 +78,11 @@ def parse_api_keys(raw: str) -> dict[str, str]:
     return keys
 
 
+def parse_admin_keys(raw: str) -> list[str]:
+    """`key1,key2` as a list of keys; blanks between commas are ignored."""
+    return [key.strip() for key in raw.split(",") if key.strip()]
+
+
 class Settings(BaseSettings):
     """Everything edithook reads from its environment; see `.env.example`."""
 
@@ -91,7 +96,10 @@ class Settings(BaseSettings):
     evolink_api_key: SecretStr = SecretStr("")
     public_base_url: str = ""
     callback_secret: SecretStr = SecretStr("")
+    # Seeded into the database at start; clients and keys are otherwise made by operators.
     api_keys: SecretStr = SecretStr("")
+    # Operators' keys for the admin API (`/v1/admin/`), comma-separated; none: it is off.
+    admin_keys: SecretStr = SecretStr("")
 
     host: str = "0.0.0.0"  # noqa: S104 - a container's service listens on all interfaces
     port: int = Field(default=8000, ge=1, le=65535)
@@ -163,6 +171,11 @@ class Settings(BaseSettings):
         """API key → client name."""
         return parse_api_keys(self.api_keys.get_secret_value())
 
+    @property
+    def operator_keys(self) -> list[str]:
+        """The keys of EDITHOOK_ADMIN_KEYS."""
+        return parse_admin_keys(self.admin_keys.get_secret_value())
+
     def problems(self) -> list[str]:
         """Every reason this configuration is unfit to serve production traffic."""
         found: list[str] = []
@@ -204,8 +217,13 @@ class Settings(BaseSettings):
                 f"EDITHOOK_CALLBACK_SECRET is too short ({len(secret)} characters; "
                 f"use at least {MIN_SECRET_LENGTH} random characters)"
             )
+        admin = self.admin_keys.get_secret_value().strip()
         if not self.api_keys.get_secret_value().strip():
-            found.append("EDITHOOK_API_KEYS is not set (client:key,client2:key2)")
+            if not admin:
+                found.append(
+                    "EDITHOOK_API_KEYS is not set (client:key,client2:key2), nor is "
+                    "EDITHOOK_ADMIN_KEYS to make clients and keys with"
+                )
         else:
             try:
                 keys = self.client_keys
@@ -225,7 +243,25 @@ class Settings(BaseSettings):
                         "EDITHOOK_API_KEYS has keys shorter than 16 characters for: "
                         + ", ".join(short)
                     )
+        found += self._admin_key_problems()
         return found
+
+    def _admin_key_problems(self) -> list[str]:
+        admin = self.operator_keys
+        if any(is_placeholder(key) for key in admin):
+            return ["EDITHOOK_ADMIN_KEYS has the placeholder of .env.example; use long random keys"]
+        if any(len(key) < MIN_SECRET_LENGTH for key in admin):
+            return [
+                f"EDITHOOK_ADMIN_KEYS has keys shorter than {MIN_SECRET_LENGTH} characters; "
+                "use long random keys"
+            ]
+        try:
+            client_keys = self.client_keys
+        except ValueError:
+            return []  # reported above
+        if set(admin) & set(client_keys):
+            return ["EDITHOOK_ADMIN_KEYS shares a key with EDITHOOK_API_KEYS; use separate keys"]
+        return []
 
     def check(self) -> None:
         """Raise ConfigError listing every problem, if there is any."""

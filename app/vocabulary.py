@@ -118,3 +118,17 @@ class MessageStatus(StrEnum):
     PENDING = "pending"
     DELIVERED = "delivered"
     FAILED = "failed"
+
+
+class ClientStatus(StrEnum):
+    """Whether a client's keys are accepted."""
+
+    ACTIVE = "active"
+    DISABLED = "disabled"
+
+
+class BudgetPeriod(StrEnum):
+    """The UTC period a client's image budget covers."""
+
+    DAY = "day"
+    MONTH = "month"

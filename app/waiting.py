@@ -9,6 +9,11 @@ thousand, and other requests do not queue behind them for connections. They are 
 answer, two per turn of the event loop: a thousand answers take a few hundred milliseconds
 of the process's time either way, and spread out, other requests are served between them
 rather than after them all.
+
+The same connection LISTENs on the other channels the API cares about (`channels`, such as
+the key cache's): each notification there is handed to that channel's handler, and every
+handler is called with None when the connection is lost and when it is back, as
+notifications sent meanwhile are gone.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import re
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -100,8 +105,10 @@ class TaskWaiter:
         fallback_interval: float = 1.0,
         heartbeat_interval: float = 30.0,
         max_backoff: float = 5.0,
+        channels: Mapping[str, Callable[[str | None], None]] | None = None,
     ) -> None:
         self._url = database_url
+        self._channels = dict(channels or {})
         self._fallback_interval = fallback_interval
         self._heartbeat_interval = heartbeat_interval
         self._max_backoff = max_backoff
@@ -252,7 +259,8 @@ class TaskWaiter:
             self._url, autocommit=True, connect_timeout=10, application_name="edithook-waiter"
         )
         try:
-            await conn.execute(f"LISTEN {TASK_CHANNEL}")
+            for channel in (TASK_CHANNEL, *self._channels):
+                await conn.execute(f"LISTEN {channel}")
         except BaseException:
             await conn.close()
             raise
@@ -271,16 +279,21 @@ class TaskWaiter:
             self._listening = False
             # Waiters switch to re-checking on an interval until the listener is back.
             self._wake_all()
+            self._tell_channels()
             await self._conn.close()
             self._conn = await self._reconnect()
             self._listening = True
             logger.info("LISTEN connection restored")
             self._wake_all()
+            self._tell_channels()
 
     async def _dispatch(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
         while True:
             async for notify in conn.notifies(timeout=self._heartbeat_interval):
-                self._wake(notify.payload)
+                if notify.channel == TASK_CHANNEL:
+                    self._wake(notify.payload)
+                elif (handler := self._channels.get(notify.channel)) is not None:
+                    handler(notify.payload)
             # A quiet period: prove the connection still answers, so a silently dropped
             # one is noticed. Notifications arriving meanwhile are kept by psycopg.
             async with asyncio.timeout(self._heartbeat_interval):
@@ -306,6 +319,10 @@ class TaskWaiter:
             watch.generation += 1
             self._to_wake.extend(watch.events)
             self._keep_turning()
+
+    def _tell_channels(self) -> None:
+        for handler in self._channels.values():
+            handler(None)
 
     def _wake_all(self) -> None:
         for watch in self._watches.values():

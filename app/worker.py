@@ -22,6 +22,12 @@ from app.settings import Settings
 from app.tasks import jobs as task_jobs
 from app.webhooks import jobs as webhook_jobs
 
+# How often the worker looks for due jobs without being told. New jobs wake it through
+# NOTIFY, but procrastinate clears its wake-up flag after every fetch: a job committed while
+# an empty fetch is in flight loses its wake-up and waits for this look (5 s by default).
+# Scheduled retries (submission backoff, webhook attempts) are found only by it, too.
+FETCH_POLL_SECONDS = 1.0
+
 logger = logging.getLogger("edithook.worker")
 
 # The heartbeat's staleness limit (app.heartbeat) spans this and a few missed beats.
@@ -95,6 +101,7 @@ async def _run(
                 additional_context={"resources": resources},
                 install_signal_handlers=False,
                 shutdown_graceful_timeout=30,
+                fetch_job_polling_interval=FETCH_POLL_SECONDS,
             )
         )
         stopping = asyncio.create_task(stop.wait())

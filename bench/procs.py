@@ -175,7 +175,13 @@ def cpu_seconds(pid: int) -> float | None:
 def postgres_cpu_seconds() -> float:
     """CPU time used so far by every process named `postgres` on this machine (the server
     and its backends; zero when Postgres runs elsewhere)."""
-    total = 0.0
+    return sum(postgres_cpu_by_pid().values())
+
+
+def postgres_cpu_by_pid() -> dict[int, float]:
+    """`postgres_cpu_seconds` per process: backends come and go (other users' connections),
+    so a difference over a stretch is taken per pid, a new one counted from nothing."""
+    found: dict[int, float] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -185,8 +191,8 @@ def postgres_cpu_seconds() -> float:
             continue
         if stat[stat.index("(") + 1 : stat.rindex(")")] == "postgres":
             fields = stat[stat.rindex(")") + 2 :].split()
-            total += (int(fields[11]) + int(fields[12])) / _TICKS
-    return total
+            found[int(entry.name)] = (int(fields[11]) + int(fields[12])) / _TICKS
+    return found
 
 
 def machine_busy_seconds() -> float:

@@ -26,6 +26,9 @@ TARGET_WAITERS_P99_OVER_IDLE = 2.0
 TARGET_TASK_API_CPU_MS = 7.6
 TARGET_TASK_WORKER_CPU_MS = 22.0
 TARGET_GET_API_CPU_MS = 2.3
+# From the provider's completion to the caller's receiver holding the verified webhook.
+TARGET_WEBHOOK_P50_MS = 100.0
+TARGET_WEBHOOK_P99_MS = 500.0
 
 # The comparison servers of the ingest benchmark, in the order they run.
 INGEST_SERVERS = ("floor", "bound", "edithook")
@@ -97,6 +100,22 @@ class CostRun:
 
 
 @dataclass
+class WebhookRun:
+    """The webhook phase (`bench.webhooks`)."""
+
+    tasks: int = 0
+    # From the simulator's completion to the verified `task.succeeded` at the receiver.
+    received_ms: list[float] = field(default_factory=list)
+    messages: int = 0
+    delivered: int = 0
+    # Messages one worker delivered a second, from their commit to the last arrival.
+    rate: float = math.nan
+    worker_cpu_ms: float = math.nan
+    failures: int = 0  # deliveries the receiver could not verify
+    duplicates: int = 0  # arrivals of a webhook-id already received
+
+
+@dataclass
 class Measurements:
     """Everything a run measured; a phase that did not run leaves its part empty."""
 
@@ -118,6 +137,7 @@ class Measurements:
     # One per round of the waiter phase (`--waiter-rounds`).
     waiter_rounds: list[WaiterRun] = field(default_factory=list)
     cost: CostRun | None = None
+    webhooks: WebhookRun | None = None
     notes: list[str] = field(default_factory=list)
     diagnostics: list[str] = field(default_factory=list)
 
@@ -277,6 +297,7 @@ def build_rows(m: Measurements) -> list[Row]:
     ]
     rows += _waiter_rows(median_round(m.waiter_rounds))
     rows += _cost_rows(m.cost)
+    rows += _webhook_rows(m.webhooks)
     for role in ("api", "worker"):
         peak = m.peak_rss_mb.get(role, math.nan)
         rows.append(
@@ -342,6 +363,24 @@ def _cost_rows(run: CostRun | None) -> list[Row]:
         else:
             rows.append(Row(name, figure.describe(), target, _at_most(figure.ms, limit)))
     return rows
+
+
+def _webhook_rows(run: WebhookRun | None) -> list[Row]:
+    names = (
+        "webhook: completion → received p50",
+        "webhook: completion → received p99",
+        "webhook: messages a second, one worker",
+    )
+    targets = (f"≤ {TARGET_WEBHOOK_P50_MS:g} ms", f"≤ {TARGET_WEBHOOK_P99_MS:g} ms", "—")
+    if run is None or not run.received_ms:
+        return [Row(name, "not run", target) for name, target in zip(names, targets, strict=True)]
+    p50, p99 = quantile(run.received_ms, 0.5), quantile(run.received_ms, 0.99)
+    rate = "—" if math.isnan(run.rate) else f"{run.rate:,.1f} /s"
+    return [
+        Row(names[0], ms(p50), targets[0], _at_most(p50, TARGET_WEBHOOK_P50_MS)),
+        Row(names[1], ms(p99), targets[1], _at_most(p99, TARGET_WEBHOOK_P99_MS)),
+        Row(names[2], f"{rate} ({run.delivered:,} of {run.messages:,})"),
+    ]
 
 
 def render_text(rows: list[Row]) -> str:

@@ -11,7 +11,8 @@ The order of a run:
    requests waiting on one task (`--waiters`), and unrelated GETs meanwhile;
 5. `edithook worker` started: task flows for completion → stored and the submit job; what
    a task costs the API and the worker in CPU over its life, and a GET (`bench.cost`), with
-   py-spy's profile of both; the worker stopped;
+   py-spy's profile of both; webhooks to a local receiver: completion → received, and
+   messages a second one worker delivers (`bench.webhooks`); the worker stopped;
 6. the table grown to `--big-tasks` and listing measured again (unless `--skip-big`);
 7. EXPLAIN ANALYZE of the listing queries at the final size; everything stopped, the
    database dropped (unless `--keep`), the table printed and written as markdown.
@@ -19,6 +20,7 @@ The order of a run:
 `--cost-only` runs step 5's cost phase alone, on an empty database: a few minutes' run to
 repeat when the shared machine is quiet. `--waiters-only` runs step 4's waiter phase alone
 (`--waiter-rounds` times, 5 by default there), on `--tasks` (100,000 by default there).
+`--webhooks-only` runs step 5's webhook phase alone, on `--tasks` (10,000 by default there).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from bench.report import Measurements, build_rows, render_markdown, render_text,
 from bench.seed import HISTORY, Target, seed_tasks
 from bench.stack import Stack
 from bench.waiters import WAITERS, run_waiters
+from bench.webhooks import MESSAGES, TASKS, run_webhooks
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DATABASE_NAME = "edithook_bench"
@@ -72,6 +75,9 @@ class Options:
     cost_gets: int
     cost_only: bool
     ingest_only: bool
+    webhook_tasks: int
+    webhook_messages: int
+    webhooks_only: bool
     smoke: bool
     keep: bool
     out: Path
@@ -122,6 +128,15 @@ def parse_args(argv: list[str] | None) -> Options:
         action="store_true",
         help="only callback ingest and its diagnosis (tasks seeded, no worker)",
     )
+    parser.add_argument(
+        "--webhook-tasks", type=int, default=TASKS, help="tasks timed to their webhook"
+    )
+    parser.add_argument(
+        "--webhook-messages", type=int, default=MESSAGES, help="messages one worker delivers"
+    )
+    parser.add_argument(
+        "--webhooks-only", action="store_true", help="only the webhook phase, on --tasks tasks"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds in all")
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     parser.add_argument("--out", type=Path, help="markdown file (bench/results/latest.md)")
@@ -130,7 +145,7 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument("--logs", type=Path, help="keep the processes' logs in this folder")
     args = parser.parse_args(argv)
     if args.tasks is None:
-        args.tasks = 100_000 if args.waiters_only else 1_000_000
+        args.tasks = 100_000 if args.waiters_only else 10_000 if args.webhooks_only else 1_000_000
     if args.waiter_rounds is None:
         args.waiter_rounds = 5 if args.waiters_only else 1
     if args.smoke:
@@ -138,9 +153,10 @@ def parse_args(argv: list[str] | None) -> Options:
         args.deep_pages, args.flows, args.ingest_rounds = 3, 3, 1
         args.waiters = 50
         args.cost_tasks, args.cost_rate, args.cost_gets = 10, 50.0, 100
+        args.webhook_tasks, args.webhook_messages = 3, 20
     big = (
         None
-        if args.skip_big or args.waiters_only or args.big_tasks <= args.tasks
+        if args.skip_big or args.waiters_only or args.webhooks_only or args.big_tasks <= args.tasks
         else args.big_tasks
     )
     default_out = RESULTS_DIR / (
@@ -152,6 +168,8 @@ def parse_args(argv: list[str] | None) -> Options:
         if args.ingest_only
         else "waiters.md"
         if args.waiters_only
+        else "webhooks.md"
+        if args.webhooks_only
         else "latest.md"
     )
     return Options(
@@ -174,6 +192,9 @@ def parse_args(argv: list[str] | None) -> Options:
         cost_gets=args.cost_gets,
         cost_only=args.cost_only,
         ingest_only=args.ingest_only,
+        webhook_tasks=args.webhook_tasks,
+        webhook_messages=args.webhook_messages,
+        webhooks_only=args.webhooks_only,
         smoke=args.smoke,
         keep=args.keep,
         out=args.out or default_out,
@@ -244,6 +265,28 @@ def run_waiters_only(options: Options, stack: Stack, m: Measurements) -> None:
     _waiters(options, stack, m)
 
 
+def _webhooks(options: Options, stack: Stack, m: Measurements) -> None:
+    _step(
+        f"webhooks: {options.webhook_tasks} tasks to their webhook,"
+        f" {options.webhook_messages:,} messages drained by one worker"
+    )
+    run_webhooks(stack, m, options.webhook_tasks, options.webhook_messages)
+
+
+def run_webhooks_only(options: Options, stack: Stack, m: Measurements) -> None:
+    """`--tasks` tasks, the simulator, the API, the worker and the receiver, and the
+    webhook phase."""
+    _step(f"seeding {options.tasks:,} tasks")
+    _seed(stack.database_url, options.tasks, m, now=datetime.now(UTC))
+    _step("starting the simulator, the receiver, edithook serve and edithook worker")
+    stack.start_simulator()
+    stack.start_receiver()
+    stack.start_api()
+    stack.start_worker()
+    _webhooks(options, stack, m)
+    stack.stop_worker()
+
+
 def run(options: Options, stack: Stack, m: Measurements) -> None:
     """Every phase, in order, filling `m`."""
     if options.cost_only:
@@ -251,6 +294,9 @@ def run(options: Options, stack: Stack, m: Measurements) -> None:
         return
     if options.waiters_only:
         run_waiters_only(options, stack, m)
+        return
+    if options.webhooks_only:
+        run_webhooks_only(options, stack, m)
         return
     url = stack.database_url
     timing = Timing(options.duration, options.warmup)
@@ -288,6 +334,7 @@ def run(options: Options, stack: Stack, m: Measurements) -> None:
     stack.start_worker()
     run_flows(stack, m, options.flows)
     _cost(options, stack, m)
+    _webhooks(options, stack, m)
     stack.stop_worker()
     _step("submission, statement by statement")
     m.diagnostics += diagnose.submission_breakdown(stack.service_env(), stack.simulator_url)
@@ -318,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         if options.ingest_only
         else "_waiters"
         if options.waiters_only
+        else "_webhooks"
+        if options.webhooks_only
         else ""
     )
     name = f"{DATABASE_NAME}{kind}_{secrets.token_hex(3)}"
@@ -339,6 +388,11 @@ def main(argv: list[str] | None = None) -> int:
                 f" {options.waiters:,} waiters, {options.waiter_rounds} rounds,"
                 f" EDITHOOK_LOG_LEVEL={options.log_level}"
                 if options.waiters_only
+                else f"{short_count(options.tasks)} tasks, the webhook phase alone:"
+                f" {options.webhook_tasks} tasks to their webhook,"
+                f" {options.webhook_messages:,} messages drained,"
+                f" EDITHOOK_LOG_LEVEL={options.log_level}"
+                if options.webhooks_only
                 else f"{short_count(options.tasks)} / "
                 f"{short_count(options.big_tasks) if options.big_tasks else '—'} tasks,"
                 f" {options.duration:g} s per phase after {options.warmup:g} s warm-up,"

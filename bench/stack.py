@@ -3,6 +3,7 @@
 - `edithook serve` and `edithook worker`, as subprocesses with a development environment
   (loopback URLs), a fixed callback secret and one API key per client;
 - the EvoLink simulator (`bench.sim_server`: fast timings, timed creates);
+- a caller's webhook receiver (`bench.receiver`: verifies and times every delivery);
 - the floor and bound comparison apps (`bench.apps`).
 
 Every process logs into the run's folder; `Stack.stop_all` stops whatever is still running.
@@ -43,6 +44,7 @@ class Stack:
     api: Child | None = None
     worker: Child | None = None
     simulator: Child | None = None
+    receiver: Child | None = None
     apps: dict[str, Child] = field(default_factory=dict)
     peaks: dict[str, float] = field(default_factory=dict)
     _api_port: int = 0
@@ -84,6 +86,18 @@ class Stack:
         )
         self.simulator.wait_http("/_sim/stats")
         return self.simulator
+
+    def start_receiver(self) -> Child:
+        port = free_port()
+        self.receiver = start(
+            "receiver",
+            ["bench.receiver", "--port", str(port)],
+            base_env(),
+            self.run_dir,
+            url=f"http://127.0.0.1:{port}",
+        )
+        self.receiver.wait_http("/healthz")
+        return self.receiver
 
     def start_api(self) -> Child:
         self._api_port = free_port()
@@ -129,7 +143,7 @@ class Stack:
         self.worker = None
 
     def stop_all(self) -> None:
-        for child in [*self.apps.values(), self.worker, self.api, self.simulator]:
+        for child in [*self.apps.values(), self.worker, self.api, self.simulator, self.receiver]:
             self.stop(child)
         self.apps.clear()
-        self.worker = self.api = self.simulator = None
+        self.worker = self.api = self.simulator = self.receiver = None

@@ -23,6 +23,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 ALPHA_KEY = "alpha-key-0123456789"
 BETA_KEY = "beta-key-0123456789"
+# An operator's key for the admin API (EDITHOOK_ADMIN_KEYS); no client key.
+ADMIN_KEY = "admin-key-0123456789-0123456789-abcdef"
 CALLBACK_SECRET = "test-callback-secret-0123456789-abcdef"
 
 VALID_EDIT: dict[str, Any] = {
@@ -118,6 +120,7 @@ def make_settings(
     api_keys: str = f"alpha:{ALPHA_KEY},beta:{BETA_KEY}",
     **extra: object,
 ) -> Settings:
+    values: dict[str, object] = {"admin_keys": ADMIN_KEY, "submit_attempts": 4, **extra}
     return Settings(
         environment="development",
         database_url=database_url,
@@ -126,8 +129,7 @@ def make_settings(
         public_base_url=public_url,
         callback_secret=CALLBACK_SECRET,
         api_keys=api_keys,
-        submit_attempts=4,
-        **extra,  # type: ignore[arg-type]
+        **values,  # type: ignore[arg-type]
     )
 
 

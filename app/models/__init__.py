@@ -1,5 +1,6 @@
 """The ORM models; importing this package registers every table on `Base.metadata`."""
 
+from app.models.client import ApiKey, Client
 from app.models.task import Task, TaskEvent, TaskResult
 from app.models.webhook import (
     WebhookAttempt,
@@ -9,6 +10,8 @@ from app.models.webhook import (
 )
 
 __all__ = [
+    "ApiKey",
+    "Client",
     "Task",
     "TaskEvent",
     "TaskResult",

@@ -47,6 +47,9 @@ METRICS = {
     "cost per task api CPU": 1,
     "cost per task worker CPU": 1,
     "cost per GET /v1/tasks/{id} api CPU": 1,
+    "webhook: completion → received p50": 1,
+    "webhook: completion → received p99": 1,
+    "webhook: messages a second, one worker": 1,
     "peak RSS api": 1,
     "peak RSS worker": 1,
 }

@@ -1,0 +1,1 @@
+"""Clients and their API keys: the admin API, the operators' CLI, and the key cache."""
