@@ -34,7 +34,7 @@ from app.main import create_app
 from app.resources import Resources, open_resources
 from app.servers import RunningServer, bind, socket_url, start_server
 from app.settings import Settings
-from app.worker import open_job_app
+from app.worker import FETCH_POLL_SECONDS, open_job_app
 from evolink_simulator import SimulatorConfig, create_simulator_app
 from evolink_simulator.state import Simulator
 from tests.helpers import make_settings, migrated_database
@@ -173,6 +173,7 @@ async def run_jobs(resources: Resources) -> None:
             additional_context={"resources": resources},
             install_signal_handlers=False,
             shutdown_graceful_timeout=30,
+            fetch_job_polling_interval=FETCH_POLL_SECONDS,
         )
 
 

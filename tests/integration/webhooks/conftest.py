@@ -31,7 +31,7 @@ from tests.conftest import Caller, Callers, Service, cancel_later_jobs, serving_
 from tests.helpers import migrated_database
 
 # Seconds between attempts, and the attempt timeout, made short so the tests retry fast
-# (a retry still waits for the worker's next look for due jobs, up to 5 s).
+# (a retry still waits for the worker's next look for due jobs, up to a second).
 SCHEDULE = "0.3s,0.3s,0.3s"
 TIMEOUT_SECONDS = 1.0
 
