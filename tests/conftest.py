@@ -34,7 +34,7 @@ from app.main import create_app
 from app.resources import Resources, open_resources
 from app.servers import RunningServer, bind, socket_url, start_server
 from app.settings import Settings
-from app.worker import open_job_app
+from app.worker import FETCH_POLL_SECONDS, open_job_app
 from evolink_simulator import SimulatorConfig, create_simulator_app
 from evolink_simulator.state import Simulator
 from tests.helpers import make_settings, migrated_database
@@ -173,6 +173,7 @@ async def run_jobs(resources: Resources) -> None:
             additional_context={"resources": resources},
             install_signal_handlers=False,
             shutdown_graceful_timeout=30,
+            fetch_job_polling_interval=FETCH_POLL_SECONDS,
         )
 
 
@@ -185,11 +186,13 @@ async def serving_stack(
     api_keys: str,
     pool_size: int,
     worker_pool_size: int,
+    **extra: object,
 ) -> AsyncIterator[Service]:
     """The API on a real port, with a worker on resources of its own in the same event loop.
 
     As in production, the worker's pools and procrastinate App are not the API's. The
     connections it may open: API 4·`pool_size` + 1, worker 4·`worker_pool_size` + 5.
+    `extra` are more settings for both (the webhook tests' short retry schedule).
     """
     sock = bind()
     settings = make_settings(
@@ -199,6 +202,7 @@ async def serving_stack(
         api_keys=api_keys,
         storage_url=storage_url,
         db_pool_size=pool_size,
+        **extra,
     )
     app = create_app(settings)
     running = await start_server(app, sock=sock)
@@ -270,22 +274,32 @@ async def own_api(own_service: Service, caller: Caller) -> AsyncIterator[httpx.A
         yield client
 
 
+async def cancel_later_jobs(service: Service, caller: Caller) -> None:
+    """Cancel (not delete) the jobs of `caller`'s tasks and webhook messages that are
+    scheduled for later: retries that would otherwise run in a later test."""
+    async with service.resources.pool.connection() as conn:
+        await conn.execute(
+            "SELECT procrastinate_cancel_job_v1(j.id, false, false) FROM procrastinate_jobs j"
+            " WHERE j.status = 'todo' AND j.scheduled_at > now() AND ("
+            " EXISTS (SELECT 1 FROM tasks t"
+            " WHERE t.id::text = j.args->>'task_id' AND t.client = %(client)s)"
+            " OR EXISTS (SELECT 1 FROM webhook_messages m"
+            " WHERE m.id::text = j.args->>'message_id' AND m.client = %(client)s))",
+            {"client": caller.name},
+        )
+
+
 @pytest.fixture
 async def caller(callers: Callers, service: Service) -> AsyncIterator[Caller]:
     """A client of the service that no other test uses.
 
-    When the test ends, the retries its tasks' jobs have scheduled for later are cancelled
-    (not deleted), so that none runs in a later test; jobs due now are left to the worker.
+    When the test ends, the retries its tasks' and webhook messages' jobs have scheduled for
+    later are cancelled (not deleted), so that none runs in a later test; jobs due now are
+    left to the worker.
     """
     own = callers.take()
     yield own
-    async with service.resources.pool.connection() as conn:
-        await conn.execute(
-            "SELECT procrastinate_cancel_job_v1(j.id, false, false)"
-            " FROM procrastinate_jobs j JOIN tasks t ON t.id::text = j.args->>'task_id'"
-            " WHERE t.client = %s AND j.status = 'todo' AND j.scheduled_at > now()",
-            (own.name,),
-        )
+    await cancel_later_jobs(service, own)
 
 
 @pytest.fixture

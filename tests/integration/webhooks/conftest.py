@@ -2,32 +2,36 @@
 
 The webhook tests retry fast (a short schedule, a short timeout), so they run on their own
 database with their own worker: the suite's shared worker would deliver with the default
-schedule. The receiver is a real HTTP server on a loopback port; it answers what a test
-plans and records every request as it came.
+schedule. As on the shared service, nothing is emptied between tests: each test is a client
+of its own (`hooks_caller`, from the session's generated `callers`, whose keys this service
+is configured with), so its endpoints, tasks, messages and secrets are its own, and its
+retries scheduled for later are cancelled when it ends. The worker runs no periodic job (the
+webhook sweep acts on every message; its test calls it). A test whose count is over the
+whole database (the metrics) runs a stack of its own (`own_webhook_service`).
+
+The receiver is a real HTTP server on a loopback port, one per module; each test's receiver
+answers under a path of its own on it, answers what the test plans and records every
+request as it came.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 from fastapi import FastAPI, Request, Response
 
-from app.main import create_app
-from app.resources import open_resources
-from app.servers import RunningServer, bind, socket_url, start_server
-from app.worker import run_worker
-from tests.conftest import Service
-from tests.helpers import ALPHA_KEY, BETA_KEY, make_settings, migrated_database
+from app.servers import RunningServer, start_server
+from tests.conftest import Caller, Callers, Service, cancel_later_jobs, serving_stack
+from tests.helpers import migrated_database
 
 # Seconds between attempts, and the attempt timeout, made short so the tests retry fast
-# (a retry still waits for the worker's next look for due jobs, up to 5 s).
+# (a retry still waits for the worker's next look for due jobs, up to a second).
 SCHEDULE = "0.3s,0.3s,0.3s"
 TIMEOUT_SECONDS = 1.0
 
@@ -50,7 +54,9 @@ class Received:
 
 @dataclass
 class Receiver:
-    """Records every POST; answers each path's planned answers in turn, then 200."""
+    """Records every POST under `url`; answers each path's planned answers in turn, then 200.
+
+    Paths are relative to `url`: `plan("/a", …)` returns `url + "/a"`."""
 
     url: str = ""
     received: list[Received] = field(default_factory=list)
@@ -71,54 +77,69 @@ class Receiver:
             await asyncio.sleep(0.05)
         raise AssertionError(f"{path} received {len(self.at(path))} requests, wanted {count}")
 
-
-def receiver_app(receiver: Receiver) -> FastAPI:
-    app = FastAPI()
-
-    @app.post("/{path:path}")
-    async def receive(path: str, request: Request) -> Response:
-        full = "/" + path
-        receiver.received.append(Received(full, await request.body(), dict(request.headers)))
-        queue = receiver.plans.get(full)
+    async def answer(self, path: str, request: Request) -> Response:
+        """Record the request at `path` and give the next planned answer."""
+        self.received.append(Received(path, await request.body(), dict(request.headers)))
+        queue = self.plans.get(path)
         plan = queue.pop(0) if queue else Plan()
         if plan.delay:
             await asyncio.sleep(plan.delay)
         return Response(b'{"ok": true}', status_code=plan.status, headers=plan.headers)
 
+
+def receiver_app(receiver: Receiver) -> FastAPI:
+    """A server for one receiver: every path on it is the receiver's."""
+    app = FastAPI()
+
+    @app.post("/{path:path}")
+    async def receive(path: str, request: Request) -> Response:
+        return await receiver.answer("/" + path, request)
+
     return app
 
 
+@dataclass
+class Receivers:
+    """One server for the module's tests: each test's receiver answers under `/{name}`.
+
+    A receiver stays after its test, so a delivery that arrives late (a retry the test left,
+    a lost message sent again by the sweep) is answered as that test planned and recorded
+    where no later test looks."""
+
+    url: str = ""
+    by_name: dict[str, Receiver] = field(default_factory=dict)
+
+    def new(self, name: str) -> Receiver:
+        receiver = Receiver(url=f"{self.url}/{name}")
+        self.by_name[name] = receiver
+        return receiver
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.post("/{name}/{path:path}")
+        async def receive(name: str, path: str, request: Request) -> Response:
+            receiver = self.by_name.get(name)
+            if receiver is None:
+                return Response(status_code=404)
+            return await receiver.answer("/" + path, request)
+
+        return app
+
+
 @pytest.fixture(scope="module")
-async def receiver_server() -> AsyncIterator[tuple[Receiver, RunningServer]]:
-    receiver = Receiver()
-    running = await start_server(receiver_app(receiver))
-    receiver.url = running.url
-    yield receiver, running
+async def receivers() -> AsyncIterator[Receivers]:
+    found = Receivers()
+    running = await start_server(found.app())
+    found.url = running.url
+    yield found
     await running.stop()
 
 
 @pytest.fixture
-def receiver(receiver_server: tuple[Receiver, RunningServer]) -> Receiver:
-    """The receiver, emptied for the test."""
-    receiver, _ = receiver_server
-    receiver.received.clear()
-    receiver.plans.clear()
-    return receiver
-
-
-async def truncate(database_url: str) -> None:
-    """Empty the webhook tests' tables; the worker may still be finishing a job, so retry."""
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        for attempt in range(5):
-            try:
-                await conn.execute(
-                    "TRUNCATE tasks, task_events, task_results, webhook_messages,"
-                    " webhook_attempts, webhook_endpoints, webhook_client_secrets"
-                )
-                break
-            except psycopg.errors.DeadlockDetected:
-                await asyncio.sleep(0.1 * (attempt + 1))
-        await conn.execute("DELETE FROM procrastinate_jobs WHERE status <> 'doing'")
+def receiver(receivers: Receivers) -> Receiver:
+    """A receiver of the test's own, under a path no other test uses."""
+    return receivers.new(f"r{len(receivers.by_name)}")
 
 
 @pytest.fixture(scope="module")
@@ -131,48 +152,88 @@ def webhook_database_url(admin_url: str) -> Iterator[str]:
 async def webhook_service(
     webhook_database_url: str,
     simulator: RunningServer,
+    callers: Callers,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Service]:
-    """The API and a worker on the webhook tests' database, with the short schedule."""
-    sock = bind()
-    settings = make_settings(
+    """The API and a worker on the webhook tests' database, with the short schedule; its
+    clients are `callers`. Small pools: this stack runs beside the suite's shared one
+    (API 4·1 + 1, worker 4·1 + 5)."""
+    async with serving_stack(
         webhook_database_url,
         simulator.url,
-        socket_url(sock),
-        storage_url=str(tmp_path_factory.mktemp("webhook-results")),
+        str(tmp_path_factory.mktemp("webhook-results")),
+        api_keys=callers.api_keys,
+        pool_size=1,
+        worker_pool_size=1,
         webhook_retry_schedule=SCHEDULE,
         webhook_timeout_seconds=TIMEOUT_SECONDS,
-        # Small pools: this stack runs beside the suite's shared one (API 4·1 + 1, worker 4·1 + 5).
-        db_pool_size=1,
-    )
-    app = create_app(settings)
-    running = await start_server(app, sock=sock)
-    async with open_resources(settings) as worker_resources:
-        worker = asyncio.create_task(run_worker(worker_resources))
-        yield Service(server=running, app=app, settings=settings)
-        worker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await worker
-    await running.stop()
+    ) as running:
+        yield running
+
+
+@pytest.fixture
+async def hooks_caller(callers: Callers, webhook_service: Service) -> AsyncIterator[Caller]:
+    """A client of the webhook service that no other test uses; its retries scheduled for
+    later are cancelled when the test ends."""
+    own = callers.take()
+    yield own
+    await cancel_later_jobs(webhook_service, own)
+
+
+@pytest.fixture
+def hooks_beta_caller(callers: Callers) -> Caller:
+    """A second client of the test's own, to check what one client cannot see of another's."""
+    return callers.take()
 
 
 @pytest.fixture
 async def hooks_api(
-    webhook_service: Service, webhook_database_url: str
+    webhook_service: Service, hooks_caller: Caller
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """A client `alpha` of the webhook tests' service, on emptied tables."""
-    await truncate(webhook_database_url)
-    headers = {"Authorization": f"Bearer {ALPHA_KEY}"}
+    """An HTTP client for the webhook service, authenticated as the test's own client."""
     async with httpx.AsyncClient(
-        base_url=webhook_service.url, headers=headers, timeout=30
+        base_url=webhook_service.url, headers=hooks_caller.headers, timeout=30
     ) as client:
         yield client
 
 
 @pytest.fixture
-async def hooks_beta(webhook_service: Service) -> AsyncIterator[httpx.AsyncClient]:
-    headers = {"Authorization": f"Bearer {BETA_KEY}"}
+async def hooks_beta(
+    webhook_service: Service, hooks_beta_caller: Caller
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client for the webhook service, authenticated as the test's second client."""
     async with httpx.AsyncClient(
-        base_url=webhook_service.url, headers=headers, timeout=30
+        base_url=webhook_service.url, headers=hooks_beta_caller.headers, timeout=30
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+async def own_webhook_service(
+    own_database_url: str, simulator: RunningServer, callers: Callers, tmp_path: Path
+) -> AsyncIterator[Service]:
+    """A webhook stack of the test's own, on a database of its own, for a test that counts
+    every message and attempt there is (the metrics)."""
+    async with serving_stack(
+        own_database_url,
+        simulator.url,
+        str(tmp_path / "results"),
+        api_keys=callers.api_keys,
+        pool_size=1,
+        worker_pool_size=1,
+        webhook_retry_schedule=SCHEDULE,
+        webhook_timeout_seconds=TIMEOUT_SECONDS,
+    ) as running:
+        yield running
+
+
+@pytest.fixture
+async def own_hooks_api(
+    own_webhook_service: Service, callers: Callers
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client for `own_webhook_service`, authenticated as a client of the test's own."""
+    own = callers.take()
+    async with httpx.AsyncClient(
+        base_url=own_webhook_service.url, headers=own.headers, timeout=30
     ) as client:
         yield client

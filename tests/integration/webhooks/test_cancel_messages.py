@@ -11,6 +11,8 @@ import httpx
 import pytest
 
 from app.servers import RunningServer
+from app.tasks.cancel import cancel_overdue
+from tests.conftest import Service
 from tests.helpers import create_task, events
 from tests.integration.webhooks.conftest import Receiver
 from tests.integration.webhooks.test_delivery import register, verified
@@ -72,13 +74,29 @@ async def test_a_clients_cancel_sends_task_cancelled_to_every_recipient(
 
 
 async def test_cancel_after_seconds_sends_task_cancelled_too(
-    hooks_api: httpx.AsyncClient, receiver: Receiver, faults: httpx.AsyncClient
+    hooks_api: httpx.AsyncClient,
+    receiver: Receiver,
+    faults: httpx.AsyncClient,
+    webhook_service: Service,
 ) -> None:
     """A task still not submitted at its cancel_at (EvoLink refusing with 429) is cancelled
-    by the worker's reconciler, and its endpoint hears `task.cancelled` from the system."""
+    by the reconciler's run, and its endpoint hears `task.cancelled` from the system.
+
+    The stack's worker runs no periodic job (the reconciler acts on every task of the
+    database), so the test runs the reconciler's cancel itself, as the worker would."""
     endpoint = await register(hooks_api, receiver.url + "/after")
     await faults.post("/_sim/faults", json=REFUSE_FOR_NOW)
     task = await create_task(hooks_api, cancel_after_seconds=1)
+    await refused_once(hooks_api, task["id"])
+    resources = webhook_service.resources
+    cancelled = 0
+    deadline = time.monotonic() + 20
+    while (await hooks_api.get(f"/v1/tasks/{task['id']}")).json()["status"] != "cancelled":
+        assert time.monotonic() < deadline, f"task {task['id']} was never cancelled"
+        cancelled += await cancel_overdue(resources.pool, resources.sessions)
+        await asyncio.sleep(0.2)
+    # Counted over the database; of this test's tasks, the one past its cancel_at.
+    assert cancelled >= 1
     [delivery] = await receiver.wait_for("/after", 1, within=30)
     payload = verified(endpoint["secret"], delivery)
     assert payload["type"] == "task.cancelled"

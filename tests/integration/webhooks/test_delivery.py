@@ -14,10 +14,11 @@ from sqlalchemy import text
 from standardwebhooks import Webhook
 
 from app.db import transaction
+from app.jobs import DELIVER_WEBHOOK
 from app.webhooks.delivery import deliver
 from app.webhooks.jobs import config_of
 from app.webhooks.service import requeue_lost
-from tests.conftest import Service
+from tests.conftest import Caller, Service
 from tests.helpers import create_task, wait_for_task
 from tests.integration.webhooks.conftest import Plan, Received, Receiver
 
@@ -191,26 +192,53 @@ async def test_failed_and_cancelled_tasks_are_told_with_their_own_types(
 
 
 async def test_a_message_whose_job_was_lost_is_sent_after_the_sweep(
-    hooks_api: httpx.AsyncClient, receiver: Receiver, webhook_service: Service
+    hooks_api: httpx.AsyncClient,
+    receiver: Receiver,
+    webhook_service: Service,
+    hooks_caller: Caller,
 ) -> None:
     """A pending message past due with no job gets one from `requeue_lost`, and arrives."""
     endpoint = await register(hooks_api, receiver.url + "/lost", event_types=["task.failed"])
     task = await create_task(hooks_api, prompt="[sim:hold] edit")
+    message_id = uuid.uuid4()
     async with transaction(webhook_service.resources.sessions) as session:
         await session.execute(
             text(
                 "INSERT INTO webhook_messages (id, task_id, client, type, endpoint_id,"
-                " next_attempt_at) VALUES (gen_random_uuid(), :task, 'alpha', 'task.failed',"
+                " next_attempt_at) VALUES (:id, :task, :client, 'task.failed',"
                 " :endpoint, now() - interval '5 minutes')"
             ),
-            {"task": task["id"], "endpoint": endpoint["id"]},
+            {
+                "id": message_id,
+                "task": task["id"],
+                "client": hooks_caller.name,
+                "endpoint": endpoint["id"],
+            },
         )
+    assert await delivery_jobs(webhook_service, message_id) == 0
     async with transaction(webhook_service.resources.sessions) as session:
-        assert await requeue_lost(session) == 1
+        # Counted over the database; of this test's messages, the lost one got one job.
+        assert await requeue_lost(session) >= 1
+    assert await delivery_jobs(webhook_service, message_id) == 1
     async with transaction(webhook_service.resources.sessions) as session:
-        assert await requeue_lost(session) == 0  # its job is there now
+        await requeue_lost(session)
+    assert await delivery_jobs(webhook_service, message_id) == 1  # its job is there now
     [delivery] = await receiver.wait_for("/lost", 1)
     assert verified(endpoint["secret"], delivery)["type"] == "task.failed"
+    assert delivery.headers["webhook-id"] == str(message_id)
+
+
+async def delivery_jobs(service: Service, message_id: uuid.UUID) -> int:
+    """How many delivery jobs the message has had, whatever became of them."""
+    async with service.resources.pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT count(*) FROM procrastinate_jobs"
+            " WHERE task_name = %s AND args->>'message_id' = %s",
+            (DELIVER_WEBHOOK, str(message_id)),
+        )
+        row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 async def test_running_a_delivery_again_after_it_succeeded_sends_nothing(

@@ -15,15 +15,16 @@ from standardwebhooks import Webhook
 from app.db import transaction
 from app.servers import bind, start_server
 from app.webhooks.signing import new_secret
-from tests.conftest import Service
+from tests.conftest import Caller, Service
 from tests.helpers import create_task
 from tests.integration.webhooks.conftest import Plan, Receiver, receiver_app
 from tests.integration.webhooks.test_delivery import messages, register, verified
 
 
-async def _until(
+async def until(
     api: httpx.AsyncClient, task_id: str, check: Any, within: float = 40.0
 ) -> list[dict[str, Any]]:
+    """The task's messages, once `check` holds for them; fail after `within` seconds."""
     deadline = time.monotonic() + within
     found: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
@@ -34,7 +35,8 @@ async def _until(
     raise AssertionError(f"the messages never matched: {found}")
 
 
-def _all(status: str) -> Any:
+def all_are(status: str) -> Any:
+    """A check for `until`: every message has `status`."""
     return lambda found: all(m["status"] == status for m in found)
 
 
@@ -116,21 +118,24 @@ async def test_a_redelivery_sends_the_same_id_and_bytes_again(
     endpoint = await register(hooks_api, receiver.url + "/again", event_types=["task.succeeded"])
     task = await create_task(hooks_api)
     [first] = await receiver.wait_for("/again", 1)
-    [message] = await _until(hooks_api, task["id"], _all("delivered"))
+    [message] = await until(hooks_api, task["id"], all_are("delivered"))
     answer = await hooks_api.post(f"/v1/webhook-messages/{message['id']}/redeliver")
     assert answer.status_code == 202, answer.text
     _, second = await receiver.wait_for("/again", 2)
     assert second.headers["webhook-id"] == first.headers["webhook-id"] == message["id"]
     assert second.body == first.body
     verified(endpoint["secret"], second)
-    [logged] = await _until(hooks_api, task["id"], lambda f: len(f[0]["attempts"]) == 2)
+    [logged] = await until(hooks_api, task["id"], lambda f: len(f[0]["attempts"]) == 2)
     assert logged["status"] == "delivered"
     missing = await hooks_api.post(f"/v1/webhook-messages/{task['id']}/redeliver")
     assert missing.status_code == 404
 
 
 async def test_failed_messages_are_recovered_since_a_time_once_the_receiver_is_fixed(
-    hooks_api: httpx.AsyncClient, receiver: Receiver, webhook_service: Service
+    hooks_api: httpx.AsyncClient,
+    receiver: Receiver,
+    webhook_service: Service,
+    hooks_caller: Caller,
 ) -> None:
     """Every attempt 500s until the schedule is spent: failed; recover delivers it, same id.
     A failed message from before `since` stays failed."""
@@ -142,13 +147,13 @@ async def test_failed_messages_are_recovered_since_a_time_once_the_receiver_is_f
         await session.execute(
             text(
                 "INSERT INTO webhook_messages (id, task_id, client, type, endpoint_id, status,"
-                " created_at) VALUES (gen_random_uuid(), :task, 'alpha', 'task.succeeded',"
+                " created_at) VALUES (gen_random_uuid(), :task, :client, 'task.succeeded',"
                 " :endpoint, 'failed', now() - interval '1 day')"
             ),
-            {"task": old_task["id"], "endpoint": endpoint["id"]},
+            {"task": old_task["id"], "client": hooks_caller.name, "endpoint": endpoint["id"]},
         )
     task = await create_task(hooks_api)
-    [failed] = await _until(hooks_api, task["id"], _all("failed"))
+    [failed] = await until(hooks_api, task["id"], all_are("failed"))
     assert len(failed["attempts"]) == 4
     assert failed["attempts"][-1]["outcome"] == "failed"
     page = await hooks_api.get(
@@ -167,7 +172,7 @@ async def test_failed_messages_are_recovered_since_a_time_once_the_receiver_is_f
         f"/v1/webhook-endpoints/{endpoint['id']}/recover", json={"since": since}
     )
     assert recover.status_code == 202, recover.text
-    await _until(hooks_api, task["id"], _all("delivered"))
+    await until(hooks_api, task["id"], all_are("delivered"))
     deliveries = receiver.at("/broken")
     assert len(deliveries) == 5
     assert {d.headers["webhook-id"] for d in deliveries} == {failed["id"]}
@@ -186,29 +191,17 @@ async def test_a_receiver_down_then_up_gets_the_message(
     url = f"http://127.0.0.1:{port}/late"
     endpoint = await register(hooks_api, url, event_types=["task.succeeded"])
     task = await create_task(hooks_api)
-    await _until(hooks_api, task["id"], lambda found: len(found[0]["attempts"]) >= 2)
+    await until(hooks_api, task["id"], lambda found: len(found[0]["attempts"]) >= 2)
     late = Receiver(url=f"http://127.0.0.1:{port}")
     running = await start_server(receiver_app(late), port=port)
     try:
-        [message] = await _until(hooks_api, task["id"], _all("delivered"))
+        [message] = await until(hooks_api, task["id"], all_are("delivered"))
     finally:
         await running.stop()
     assert all(a["status_code"] is None for a in message["attempts"][:-1])
     assert message["attempts"][-1]["status_code"] == 200
     [delivery] = late.at("/late")
     Webhook(endpoint["secret"]).verify(delivery.body, delivery.headers)
-
-
-async def test_metrics_count_attempts_by_outcome(
-    hooks_api: httpx.AsyncClient, receiver: Receiver
-) -> None:
-    """/metrics shows the delivered attempts and the oldest undelivered message's age."""
-    await register(hooks_api, receiver.url + "/counted", event_types=["task.succeeded"])
-    task = await create_task(hooks_api)
-    await _until(hooks_api, task["id"], _all("delivered"))
-    text = (await hooks_api.get("/metrics")).text
-    assert 'edithook_webhook_attempts_24h{outcome="delivered"} 1' in text
-    assert "edithook_webhook_oldest_undelivered_seconds 0" in text
 
 
 async def test_retry_after_on_a_429_sets_the_next_attempt(
@@ -218,7 +211,7 @@ async def test_retry_after_on_a_429_sets_the_next_attempt(
     await register(hooks_api, receiver.url + "/busy", event_types=["task.succeeded"])
     receiver.plan("/busy", Plan(429, headers={"Retry-After": "3600"}))
     task = await create_task(hooks_api)
-    [message] = await _until(hooks_api, task["id"], lambda found: found[0]["attempts"])
+    [message] = await until(hooks_api, task["id"], lambda found: found[0]["attempts"])
     [attempt] = message["attempts"]
     assert attempt["status_code"] == 429
     assert attempt["outcome"] == "retrying"
@@ -243,7 +236,7 @@ async def test_an_endpoint_failing_for_five_days_is_disabled_with_its_reason(
         )
     receiver.plan("/dying", Plan(500))
     task = await create_task(hooks_api)
-    [message] = await _until(hooks_api, task["id"], _all("failed"))
+    [message] = await until(hooks_api, task["id"], all_are("failed"))
     assert [a["outcome"] for a in message["attempts"]] == ["disabled"]
     read = (await hooks_api.get(f"/v1/webhook-endpoints/{endpoint['id']}")).json()
     assert read["enabled"] is False
@@ -251,7 +244,7 @@ async def test_an_endpoint_failing_for_five_days_is_disabled_with_its_reason(
 
 
 async def test_a_url_refused_at_connect_time_is_never_connected_to(
-    hooks_api: httpx.AsyncClient, webhook_service: Service
+    hooks_api: httpx.AsyncClient, webhook_service: Service, hooks_caller: Caller
 ) -> None:
     """An endpoint whose URL the rule refuses (written past the API) gets failed attempts
     naming the refusal, each without a status: nothing was sent."""
@@ -259,13 +252,13 @@ async def test_a_url_refused_at_connect_time_is_never_connected_to(
         await session.execute(
             text(
                 "INSERT INTO webhook_endpoints (id, client, url, event_types, secret) VALUES"
-                " (gen_random_uuid(), 'alpha', 'https://169.254.169.254/latest',"
+                " (gen_random_uuid(), :client, 'https://169.254.169.254/latest',"
                 " ARRAY['task.succeeded'], :secret)"
             ),
-            {"secret": new_secret()},
+            {"client": hooks_caller.name, "secret": new_secret()},
         )
     task = await create_task(hooks_api)
-    [message] = await _until(hooks_api, task["id"], lambda found: found[0]["attempts"])
+    [message] = await until(hooks_api, task["id"], lambda found: found[0]["attempts"])
     [attempt, *_] = message["attempts"]
     assert attempt["status_code"] is None
     assert attempt["error"].startswith("the URL is refused")

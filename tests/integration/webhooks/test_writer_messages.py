@@ -1,6 +1,10 @@
 """The writer's statement makes webhook messages, with their jobs, exactly when a task moves
 into pending, failed or cancelled; any other write makes none; a settled completion makes
-task.succeeded once. A real Postgres, no worker."""
+task.succeeded once. A real Postgres, no worker.
+
+Nothing is emptied between tests: each test's tasks and endpoints belong to clients of its
+own (names from the session's generated `callers`), and a message goes only to the
+endpoints of its task's client."""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from app.tasks.transitions import TaskState, Verdict
 from app.tasks.writer import Direct, Event
 from app.vocabulary import EventKind, EventOutcome, TaskStatus
 from app.webhooks.messages import make_succeeded
+from tests.conftest import Callers
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +34,18 @@ async def pool(private_database_url: str) -> AsyncIterator[AsyncConnectionPool]:
     await opened.close()
 
 
+@pytest.fixture
+def client(callers: Callers) -> str:
+    """A client name no other test uses: the test's tasks and endpoints are its."""
+    return callers.take().name
+
+
+@pytest.fixture
+def other_client(callers: Callers) -> str:
+    """A second client of the test's own, whose endpoints its tasks' messages never reach."""
+    return callers.take().name
+
+
 async def rows(url: str, sql: str, *params: Any) -> list[dict[str, Any]]:
     async with await psycopg.AsyncConnection.connect(
         url, autocommit=True, row_factory=dict_row
@@ -37,13 +54,14 @@ async def rows(url: str, sql: str, *params: Any) -> list[dict[str, Any]]:
         return await cursor.fetchall() if cursor.description else []
 
 
-async def a_task(url: str, status: str, webhook_url: str | None) -> uuid.UUID:
+async def a_task(url: str, client: str, status: str, webhook_url: str | None) -> uuid.UUID:
     task_id = uuid.uuid4()
     await rows(
         url,
         "INSERT INTO tasks (id, client, status, progress, request, metadata, request_hash,"
-        " webhook_url) VALUES (%s, 'alpha', %s, 0, '{}', '{}', 'h', %s)",
+        " webhook_url) VALUES (%s, %s, %s, 0, '{}', '{}', 'h', %s)",
         task_id,
+        client,
         status,
         webhook_url,
     )
@@ -70,20 +88,21 @@ def moving_to(status: TaskStatus) -> Any:
 async def test_a_move_makes_one_message_per_recipient_with_its_job(
     pool: AsyncConnectionPool,
     private_database_url: str,
+    client: str,
+    other_client: str,
     start: TaskStatus,
     to: TaskStatus,
     made: str | None,
 ) -> None:
     """Subscribed enabled endpoints and the task's URL get one each; others get none."""
     url = private_database_url
-    await rows(url, "TRUNCATE webhook_endpoints CASCADE")
     endpoints = {}
-    for name, types, enabled, client in (
-        ("all", None, True, "alpha"),
-        ("this", [made or "task.submitted"], True, "alpha"),
-        ("other", ["task.succeeded"], True, "alpha"),
-        ("off", None, False, "alpha"),
-        ("beta", None, True, "beta"),
+    for name, types, enabled, owner in (
+        ("all", None, True, client),
+        ("this", [made or "task.submitted"], True, client),
+        ("other", ["task.succeeded"], True, client),
+        ("off", None, False, client),
+        ("beta", None, True, other_client),
     ):
         endpoint_id = uuid.uuid4()
         endpoints[endpoint_id] = name
@@ -92,11 +111,11 @@ async def test_a_move_makes_one_message_per_recipient_with_its_job(
             "INSERT INTO webhook_endpoints (id, client, url, event_types, enabled, secret)"
             " VALUES (%s, %s, 'https://hooks.example.com/', %s, %s, 's')",
             endpoint_id,
-            client,
+            owner,
             types,
             enabled,
         )
-    task_id = await a_task(url, start.value, "https://own.example.com/hook")
+    task_id = await a_task(url, client, start.value, "https://own.example.com/hook")
 
     written = await writer.settle(Direct(pool), task_id, moving_to(to), Event(EventKind.SYSTEM))
     assert written.outcome == EventOutcome.APPLIED
@@ -123,11 +142,11 @@ async def test_a_move_makes_one_message_per_recipient_with_its_job(
 
 
 async def test_a_repeated_write_into_the_same_status_makes_no_second_message(
-    pool: AsyncConnectionPool, private_database_url: str
+    pool: AsyncConnectionPool, private_database_url: str, client: str
 ) -> None:
     """A task already pending that is 'moved' to pending again sends nothing new."""
     url = private_database_url
-    task_id = await a_task(url, TaskStatus.PENDING.value, "https://own.example.com/hook")
+    task_id = await a_task(url, client, TaskStatus.PENDING.value, "https://own.example.com/hook")
     await writer.settle(
         Direct(pool), task_id, moving_to(TaskStatus.PENDING), Event(EventKind.SYSTEM)
     )
@@ -135,12 +154,12 @@ async def test_a_repeated_write_into_the_same_status_makes_no_second_message(
 
 
 async def test_a_settled_completion_makes_task_succeeded_once_and_an_unsettled_one_none(
-    pool: AsyncConnectionPool, private_database_url: str
+    pool: AsyncConnectionPool, private_database_url: str, client: str
 ) -> None:
-    """`make_succeeded` (the copy's failure paths): only with no result pending, only once."""
+    """`make_succeeded` (the copy's failure paths): only with no result pending, only once.
+    The client has no endpoint: only the task's own URL is told."""
     url = private_database_url
-    await rows(url, "TRUNCATE webhook_endpoints CASCADE")  # only the task's own URL is told
-    task_id = await a_task(url, TaskStatus.COMPLETED.value, "https://own.example.com/hook")
+    task_id = await a_task(url, client, TaskStatus.COMPLETED.value, "https://own.example.com/hook")
     await rows(
         url,
         "INSERT INTO task_results (task_id, index, provider_url, status) VALUES"
