@@ -94,29 +94,9 @@ async def _run_worker(settings: Settings) -> None:
         await run_worker(resources, stop, heartbeat=heartbeat_path())
 
 
-def migrate() -> int:
-    """Apply every pending migration."""
-    try:
-        settings = load_settings()
-        if not settings.database_url:
-            raise Refused(
-                ["EDITHOOK_DATABASE_URL is not set; set it to postgresql://user:pass@host/db"],
-                preflight.BAD_SETTINGS,
-            )
-        problem = preflight.database_problem(settings.database_url)
-        if problem:
-            raise Refused([problem], preflight.UNAVAILABLE)
-    except Refused as exc:
-        refuse("migrate", exc.problems, exc.code)
-    configure_logging(settings.log_level, settings.log_format or "text")
-    from app.migrate import upgrade
-
-    upgrade(settings.database_url)
-    return 0
-
-
-def admin(command: str, args: argparse.Namespace) -> int:
-    """`edithook clients …` and `edithook keys …`, straight on the database."""
+def _database_settings(command: str) -> Settings:
+    """The environment's settings for a command that needs only the database, which answers;
+    else exit with one line."""
     try:
         settings = load_settings()
         if not settings.database_url:
@@ -129,6 +109,22 @@ def admin(command: str, args: argparse.Namespace) -> int:
             raise Refused([problem], preflight.UNAVAILABLE)
     except Refused as exc:
         refuse(command, exc.problems, exc.code)
+    return settings
+
+
+def migrate() -> int:
+    """Apply every pending migration."""
+    settings = _database_settings("migrate")
+    configure_logging(settings.log_level, settings.log_format or "text")
+    from app.migrate import upgrade
+
+    upgrade(settings.database_url)
+    return 0
+
+
+def admin(command: str, args: argparse.Namespace) -> int:
+    """`edithook clients …` and `edithook keys …`, straight on the database."""
+    settings = _database_settings(command)
     from app.clients.commands import run
 
     return run(command, args, settings.database_url)
