@@ -17,12 +17,15 @@ address with `address_allowed`, the same rule.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
+import socket
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 from urllib.parse import urlsplit
 
+import httpx
 import idna
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -381,3 +384,43 @@ def _looks_like_address(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+class Unresolved(Exception):
+    """A name that gave no address: the resolver failed (often for a while) or found none."""
+
+
+async def resolve(host: str, port: int) -> list[IPAddress]:
+    """The name's addresses, in resolver order, without duplicates; Unresolved if none."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise Unresolved(f"could not resolve {host}: {exc}") from exc
+    addresses: list[IPAddress] = []
+    for info in infos:
+        # The scope id of a link-local IPv6 address ("fe80::1%eth0") is not part of it.
+        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        if address not in addresses:
+            addresses.append(address)
+    if not addresses:
+        raise Unresolved(f"{host} resolved to no address")
+    return addresses
+
+
+def pinned(
+    url: httpx.URL, target: WebUrl, address: IPAddress
+) -> tuple[httpx.URL, dict[str, str], dict[str, Any]]:
+    """`url` aimed at the checked `address`, with the headers and extensions that keep its
+    real name (Host, TLS server name): what was judged is what is connected to."""
+    aimed = url.copy_with(host=str(address), port=target.port)
+    if target.address is not None:
+        return aimed, {}, {}
+    headers = {
+        "Host": target.authority,
+        # The connection pool keys on the address: without this, a connection opened (and
+        # certificate-checked) for one name could be reused for another name on that address.
+        "Connection": "close",
+    }
+    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+    return aimed, headers, extensions

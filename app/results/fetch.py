@@ -17,15 +17,23 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import ipaddress
-import socket
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 import httpx
 from PIL import Image, UnidentifiedImageError
 
-from app.urls import IPAddress, UrlRefused, WebUrl, address_allowed, check_url, is_loopback_address
+from app.urls import (
+    IPAddress,
+    Unresolved,
+    UrlRefused,
+    WebUrl,
+    address_allowed,
+    check_url,
+    is_loopback_address,
+    pinned,
+    resolve,
+)
 
 MAX_REDIRECTS: Final = 3
 # The provider's outputs are at most 2048x2048; this leaves ample room while keeping a
@@ -83,26 +91,6 @@ def _retryable(reason: str) -> FetchError:
     return FetchError(reason, retryable=True)
 
 
-async def _resolve(host: str, port: int) -> list[IPAddress]:
-    """The name's addresses, in resolver order, without duplicates."""
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
-        # Usually a transient resolver problem; a name that never resolves ends at expiry.
-        raise _retryable(f"could not resolve {host}: {exc}") from exc
-    addresses: list[IPAddress] = []
-    for info in infos:
-        # The scope id of a link-local IPv6 address ("fe80::1%eth0") is not part of it.
-        text = str(info[4][0]).split("%", 1)[0]
-        address = ipaddress.ip_address(text)
-        if address not in addresses:
-            addresses.append(address)
-    if not addresses:
-        raise _retryable(f"{host} resolved to no address")
-    return addresses
-
-
 async def _checked_addresses(
     url: httpx.URL, *, allow_loopback: bool
 ) -> tuple[WebUrl, list[IPAddress]]:
@@ -114,7 +102,11 @@ async def _checked_addresses(
     if target.address is not None:
         addresses = [target.address]
     else:
-        addresses = await _resolve(target.host, target.port)
+        try:
+            addresses = await resolve(target.host, target.port)
+        except Unresolved as exc:
+            # Usually a transient resolver problem; a name that never resolves ends at expiry.
+            raise _retryable(str(exc)) from exc
         refused = [a for a in addresses if not address_allowed(a, allow_loopback=allow_loopback)]
         if refused:
             raise _permanent(f"{target.host} resolves to a non-public address ({refused[0]})")
@@ -124,23 +116,6 @@ async def _checked_addresses(
     ):
         raise _permanent("plain http is only allowed to loopback hosts")
     return target, addresses
-
-
-def _pinned(
-    url: httpx.URL, target: WebUrl, address: IPAddress
-) -> tuple[httpx.URL, dict[str, str], dict[str, Any]]:
-    """`url` aimed at `address`, with the headers and extensions that keep its real name."""
-    pinned = url.copy_with(host=str(address), port=target.port)
-    if target.address is not None:
-        return pinned, {}, {}
-    headers = {
-        "Host": target.authority,
-        # The connection pool keys on the address: without this, a connection opened (and
-        # certificate-checked) for one name could be reused for another name on that address.
-        "Connection": "close",
-    }
-    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
-    return pinned, headers, extensions
 
 
 async def fetch_image(
@@ -222,10 +197,10 @@ async def _get_once(
     http: httpx.AsyncClient, url: httpx.URL, target: WebUrl, address: IPAddress, *, max_bytes: int
 ) -> bytes | httpx.URL:
     """The body of a 2xx answer, or the next URL of a redirect; FetchError otherwise."""
-    pinned, headers, extensions = _pinned(url, target, address)
+    aimed, headers, extensions = pinned(url, target, address)
     headers["Accept"] = "image/png, image/jpeg, image/webp, */*;q=0.1"
     async with http.stream(
-        "GET", pinned, headers=headers, extensions=extensions, follow_redirects=False
+        "GET", aimed, headers=headers, extensions=extensions, follow_redirects=False
     ) as response:
         status = response.status_code
         if status in _REDIRECTS:

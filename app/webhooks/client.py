@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import httpx
 
-from app.urls import IPAddress, UrlRefused, WebUrl
+from app.urls import UrlRefused, pinned
 from app.webhooks.targets import Rule
 
 KEPT_BYTES: Final = 1024
@@ -36,18 +36,6 @@ class Answer:
     @property
     def success(self) -> bool:
         return self.status_code is not None and 200 <= self.status_code < 300
-
-
-def _pinned(
-    url: httpx.URL, target: WebUrl, address: IPAddress
-) -> tuple[httpx.URL, dict[str, str], dict[str, Any]]:
-    pinned = url.copy_with(host=str(address), port=target.port)
-    if target.address is not None:
-        return pinned, {}, {}
-    # The pool keys on the address: a connection made for one name is not reused for another.
-    headers = {"Host": target.authority, "Connection": "close"}
-    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
-    return pinned, headers, extensions
 
 
 async def post(
@@ -71,10 +59,10 @@ async def post(
             parsed = httpx.URL(url)
             last: Exception | None = None
             for address in addresses[:MAX_ADDRESSES_TRIED]:
-                pinned, extra, extensions = _pinned(parsed, target, address)
+                aimed, extra, extensions = pinned(parsed, target, address)
                 try:
                     return await _send(
-                        http, pinned, body, {**headers, **extra}, extensions, seconds, elapsed
+                        http, aimed, body, {**headers, **extra}, extensions, seconds, elapsed
                     )
                 except httpx.ConnectError as exc:
                     last = exc

@@ -13,9 +13,6 @@ one of those checked addresses, so a second DNS answer cannot send it elsewhere.
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
-import socket
 from dataclasses import dataclass
 
 from app.errors import Unprocessable
@@ -23,6 +20,7 @@ from app.settings import Settings
 from app.urls import (
     AllowedHosts,
     IPAddress,
+    Unresolved,
     UrlRefused,
     WebUrl,
     address_allowed,
@@ -31,6 +29,7 @@ from app.urls import (
     is_loopback_host,
     never_allowed,
     parse_url,
+    resolve,
 )
 
 URL_MAX = 2048
@@ -80,7 +79,10 @@ class Rule:
         if target.address is not None:
             addresses = [target.address]
         else:
-            addresses = await resolve(target.host, target.port)
+            try:
+                addresses = await resolve(target.host, target.port)
+            except Unresolved as exc:
+                raise UrlRefused(f"must resolve ({exc})") from exc
             listed = self.allowed.name_allowed(target.host)
             refused = [a for a in addresses if not self.address_ok(a, listed_name=listed)]
             if refused:
@@ -88,23 +90,6 @@ class Rule:
         if target.scheme == "http" and not all(is_loopback_address(a) for a in addresses):
             raise UrlRefused("must use https (plain http only to loopback in development)")
         return target, addresses
-
-
-async def resolve(host: str, port: int) -> list[IPAddress]:
-    """The name's addresses, in resolver order, without duplicates; UrlRefused if none."""
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise UrlRefused(f"must resolve ({host}: {exc})") from exc
-    addresses: list[IPAddress] = []
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
-        if address not in addresses:
-            addresses.append(address)
-    if not addresses:
-        raise UrlRefused(f"must resolve ({host} has no address)")
-    return addresses
 
 
 def rule_of(settings: Settings) -> Rule:
