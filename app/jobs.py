@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from app.resources import Resources
 
 QUEUE = "default"
+# Deliveries have a queue, and so worker slots, of their own (`EDITHOOK_WEBHOOK_CONCURRENCY`,
+# app.worker): a receiver that answers slowly holds a delivery slot for up to the webhook
+# timeout, never a slot that a submission or a result copy needs.
+WEBHOOK_QUEUE = "webhooks"
 SUBMIT_TASK = "submit_task"
 STORE_RESULTS = "store_results"
 RECONCILE = "reconcile"
@@ -34,10 +38,13 @@ DELIVER_WEBHOOK = "deliver_webhook"
 RECOVER_WEBHOOKS = "recover_webhooks"
 SWEEP_WEBHOOKS = "sweep_webhooks"
 
-# Webhook deliveries yield to the task pipeline: a worker takes a submission or a result
-# copy before any delivery that is due (procrastinate fetches the highest priority first),
-# so a fan-out to many endpoints, or many failing ones, never delays the edits themselves.
+# Webhook deliveries yield to the task pipeline wherever they share a worker with it (jobs
+# deferred to the default queue before deliveries had their own): procrastinate fetches the
+# highest priority first.
 WEBHOOK_PRIORITY = -1
+
+# The queue of each job that does not run on the default one.
+QUEUE_OF = {DELIVER_WEBHOOK: WEBHOOK_QUEUE}
 
 # Job names are stored in procrastinate's rows and matched by SQL (the sweeper, enqueue):
 # they are a contract with the database, kept exactly as they are.
@@ -88,7 +95,7 @@ async def enqueue(
             " NULL, CAST(:args AS jsonb), :scheduled_at)::procrastinate_job_to_defer_v1])"
         ),
         {
-            "queue": QUEUE,
+            "queue": QUEUE_OF.get(task_name, QUEUE),
             "task_name": task_name,
             "lock": lock,
             "args": json.dumps(args),

@@ -133,6 +133,8 @@ class Settings(BaseSettings):
     webhook_allowed_hosts: str = ""
     webhook_retry_schedule: str = DEFAULT_WEBHOOK_SCHEDULE
     webhook_timeout_seconds: float = Field(default=15.0, gt=0, le=60)
+    # Deliveries run at once per worker process, beside `worker_concurrency` task jobs.
+    webhook_concurrency: int = Field(default=8, ge=1, le=256)
 
     @field_validator("webhook_allowed_hosts")
     @classmethod

@@ -3,6 +3,11 @@
 The one place with a procrastinate App: it is built here from the jobs' Blueprints
 (`app.tasks.jobs`, `app.results.jobs`, `app.webhooks.jobs`) and opened by `run_worker`.
 The API has none; it enqueues through its own SQL session (`app.jobs.enqueue`).
+
+A worker process runs two procrastinate workers on that App: one takes the default queue
+(`EDITHOOK_WORKER_CONCURRENCY` jobs at once: submissions, copies, the periodic jobs), the
+other the webhook deliveries (`EDITHOOK_WEBHOOK_CONCURRENCY` at once), so that receivers
+that hang can never take the slots the edits need.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pathlib import Path
 import procrastinate
 
 from app.heartbeat import beat
+from app.jobs import QUEUE, WEBHOOK_QUEUE
 from app.resources import Resources
 from app.results import jobs as result_jobs
 from app.settings import Settings
@@ -34,8 +40,8 @@ logger = logging.getLogger("edithook.worker")
 MAX_RESTART_DELAY_SECONDS = 30.0
 
 
-# procrastinate's pool: the worker fetches, finishes and retries jobs and beats its
-# procrastinate heartbeat through it.
+# procrastinate's pool: both workers fetch, finish and retry jobs and beat their
+# procrastinate heartbeats through it (each listens on a connection of its own besides).
 JOB_POOL_SIZE = 4
 
 
@@ -93,17 +99,14 @@ async def _run(
 ) -> None:
     stop = stop or asyncio.Event()
     delay = 1.0
+    settings = resources.settings
     while not stop.is_set():
-        logger.info("worker started (concurrency %d)", resources.settings.worker_concurrency)
-        jobs = asyncio.create_task(
-            job_app.run_worker_async(
-                concurrency=resources.settings.worker_concurrency,
-                additional_context={"resources": resources},
-                install_signal_handlers=False,
-                shutdown_graceful_timeout=30,
-                fetch_job_polling_interval=FETCH_POLL_SECONDS,
-            )
+        logger.info(
+            "worker started (concurrency %d, webhook deliveries %d)",
+            settings.worker_concurrency,
+            settings.webhook_concurrency,
         )
+        jobs = asyncio.create_task(run_queues(job_app, resources))
         stopping = asyncio.create_task(stop.wait())
         beating = asyncio.create_task(beat(heartbeat)) if heartbeat is not None else None
         try:
@@ -126,3 +129,42 @@ async def _run(
         )
         await asyncio.sleep(delay)
         delay = min(MAX_RESTART_DELAY_SECONDS, delay * 2)
+
+
+async def run_queues(
+    job_app: procrastinate.App, resources: Resources, *, periodic: bool = True
+) -> None:
+    """The two procrastinate workers, default queue and deliveries, until one of them ends
+    (then the other is stopped too, gracefully) or this is cancelled (both are). Without
+    `periodic`, no periodic job is deferred (the tests call those jobs themselves)."""
+    settings = resources.settings
+    if not periodic:
+        job_app.periodic_registry.periodic_tasks.clear()
+    runs = [
+        asyncio.create_task(
+            job_app.run_worker_async(
+                name=name,
+                queues=[queue],
+                concurrency=concurrency,
+                additional_context={"resources": resources},
+                install_signal_handlers=False,
+                shutdown_graceful_timeout=30,
+                fetch_job_polling_interval=FETCH_POLL_SECONDS,
+            ),
+            name=f"procrastinate worker {name}",
+        )
+        for name, queue, concurrency in (
+            ("jobs", QUEUE, settings.worker_concurrency),
+            ("webhooks", WEBHOOK_QUEUE, settings.webhook_concurrency),
+        )
+    ]
+    try:
+        done, _ = await asyncio.wait(runs, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for run in runs:
+            run.cancel()
+        await asyncio.gather(*runs, return_exceptions=True)
+    for run in done:
+        failure = None if run.cancelled() else run.exception()
+        if failure is not None:
+            raise failure

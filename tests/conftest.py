@@ -34,7 +34,7 @@ from app.main import create_app
 from app.resources import Resources, open_resources
 from app.servers import RunningServer, bind, socket_url, start_server
 from app.settings import Settings
-from app.worker import FETCH_POLL_SECONDS, open_job_app
+from app.worker import open_job_app, run_queues
 from evolink_simulator import SimulatorConfig, create_simulator_app
 from evolink_simulator.state import Simulator
 from tests.helpers import make_settings, migrated_database
@@ -167,14 +167,7 @@ async def run_jobs(resources: Resources) -> None:
     of a later one; their tests call them instead. Cancelled, it lets running jobs finish.
     """
     async with open_job_app(resources.settings) as job_app:
-        job_app.periodic_registry.periodic_tasks.clear()
-        await job_app.run_worker_async(
-            concurrency=resources.settings.worker_concurrency,
-            additional_context={"resources": resources},
-            install_signal_handlers=False,
-            shutdown_graceful_timeout=30,
-            fetch_job_polling_interval=FETCH_POLL_SECONDS,
-        )
+        await run_queues(job_app, resources, periodic=False)
 
 
 @contextlib.asynccontextmanager

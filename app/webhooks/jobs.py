@@ -17,6 +17,7 @@ from app.jobs import (
     DELIVER_WEBHOOK,
     RECOVER_WEBHOOKS,
     SWEEP_WEBHOOKS,
+    WEBHOOK_QUEUE,
     JobRetry,
     RetryLater,
     resources_of,
@@ -65,7 +66,9 @@ async def sweep_webhooks_job(context: procrastinate.JobContext, timestamp: int) 
 def blueprint() -> procrastinate.Blueprint:
     """The webhook jobs on a Blueprint of their own; a new one per call (see app.tasks.jobs)."""
     jobs = procrastinate.Blueprint()
-    jobs.task(name=DELIVER_WEBHOOK, pass_context=True, retry=JobRetry())(deliver_webhook_job)
+    jobs.task(name=DELIVER_WEBHOOK, queue=WEBHOOK_QUEUE, pass_context=True, retry=JobRetry())(
+        deliver_webhook_job
+    )
     jobs.task(name=RECOVER_WEBHOOKS, pass_context=True, retry=JobRetry())(recover_webhooks_job)
     task = jobs.task(name=SWEEP_WEBHOOKS, pass_context=True, queueing_lock=SWEEP_WEBHOOKS)(
         sweep_webhooks_job

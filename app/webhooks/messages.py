@@ -20,7 +20,7 @@ from typing import Final
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.jobs import DELIVER_WEBHOOK, QUEUE, WEBHOOK_PRIORITY
+from app.jobs import DELIVER_WEBHOOK, WEBHOOK_PRIORITY, WEBHOOK_QUEUE
 from app.vocabulary import WEBHOOK_TYPE_OF_STATUS, TaskStatus, WebhookType
 
 # One row per recipient of the events in `source` (task_id, client, webhook_url, type).
@@ -61,7 +61,7 @@ _WRITER_SOURCE: Final = f"""
 WRITER_CTE: Final = (
     ", made_messages AS ("
     + _INSERT.format(
-        source=_WRITER_SOURCE, queue=QUEUE, job=DELIVER_WEBHOOK, priority=WEBHOOK_PRIORITY
+        source=_WRITER_SOURCE, queue=WEBHOOK_QUEUE, job=DELIVER_WEBHOOK, priority=WEBHOOK_PRIORITY
     )
     + ")"
 )
@@ -92,7 +92,7 @@ STORE_CTE: Final = (
               AND NOT EXISTS (SELECT 1 FROM webhook_messages w
                               WHERE w.task_id = t.id
                                 AND w.type = '{WebhookType.SUCCEEDED.value}')""",  # noqa: S608
-        queue=QUEUE,
+        queue=WEBHOOK_QUEUE,
         job=DELIVER_WEBHOOK,
         priority=WEBHOOK_PRIORITY,
     )
@@ -110,7 +110,7 @@ _SUCCEEDED: Final = text(
                               WHERE w.task_id = t.id AND w.type = '{WebhookType.SUCCEEDED.value}')
               AND NOT EXISTS (SELECT 1 FROM task_results r
                               WHERE r.task_id = t.id AND r.status = 'pending')""",  # noqa: S608
-        queue=QUEUE,
+        queue=WEBHOOK_QUEUE,
         job=DELIVER_WEBHOOK,
         priority=WEBHOOK_PRIORITY,
     )

@@ -149,10 +149,10 @@ async def test_api_and_worker_fit_well_inside_postgres_default_connections(
         open_resources(settings) as worker,
         open_job_app(settings) as jobs,
     ):
-        # The API's LISTEN connection for waiting requests; procrastinate's pool and its
-        # listener in the worker.
+        # The API's LISTEN connection for waiting requests; procrastinate's pool and the
+        # listeners of its two workers (the default queue, the deliveries) in the worker.
         api_total = _most_connections(api) + 1
-        worker_total = _most_connections(worker) + jobs.connector.pool.max_size + 1  # type: ignore[attr-defined]
+        worker_total = _most_connections(worker) + jobs.connector.pool.max_size + 2  # type: ignore[attr-defined]
     assert api_total + worker_total <= 40
 
 

@@ -38,11 +38,13 @@ TIMEOUT_SECONDS = 1.0
 
 @dataclass
 class Plan:
-    """One answer the receiver gives: a status, after a delay, with headers."""
+    """One answer the receiver gives: a status, after a delay (or once `until` is set), with
+    headers."""
 
     status: int = 200
     delay: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
+    until: asyncio.Event | None = None
 
 
 @dataclass
@@ -84,6 +86,8 @@ class Receiver:
         plan = queue.pop(0) if queue else Plan()
         if plan.delay:
             await asyncio.sleep(plan.delay)
+        if plan.until is not None:
+            await plan.until.wait()
         return Response(b'{"ok": true}', status_code=plan.status, headers=plan.headers)
 
 

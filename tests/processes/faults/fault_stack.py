@@ -144,12 +144,17 @@ class Proc:
     name: str
     process: asyncio.subprocess.Process
     log: Path
-    worker_id: int | None = None
+    # The procrastinate workers a worker process registered (the task jobs', the deliveries').
+    worker_ids: tuple[int, ...] = ()
     ended_on_purpose: bool = False  # the test stopped or killed it
 
     @property
     def running(self) -> bool:
         return self.process.returncode is None
+
+
+# procrastinate workers in one `edithook worker`: the task jobs' and the deliveries'.
+WORKERS_PER_PROCESS = 2
 
 
 @dataclass
@@ -248,13 +253,13 @@ class Stack:
         known = {row["id"] for row in await query(self.db, "SELECT id FROM procrastinate_workers")}
         proc = await self.launcher.start("worker", self.env)
 
-        async def registered() -> int | None:
+        async def registered() -> tuple[int, ...] | None:
             assert proc.running, f"worker exited:\n{proc.log.read_text()}"
             rows = await query(self.db, "SELECT id FROM procrastinate_workers")
-            new = [row["id"] for row in rows if row["id"] not in known]
-            return new[0] if new else None
+            new = tuple(row["id"] for row in rows if row["id"] not in known)
+            return new if len(new) == WORKERS_PER_PROCESS else None
 
-        proc.worker_id = await wait_until(
+        proc.worker_ids = await wait_until(
             registered, "the worker to register", START_WITHIN_SECONDS, every=0.05
         )
         return proc
