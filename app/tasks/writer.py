@@ -34,11 +34,11 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.budgets import spend
 from app.db import DirectUnavailable, fetch_one, transaction
 from app.jobs import QUEUE, STORE_RESULTS
 from app.notify import TASK_CHANNEL
 from app.tasks.transitions import Guard, Rule, TaskState, Verdict, guard_for
-from app.budgets import spend
 from app.vocabulary import TERMINAL, EventKind, EventOutcome, ResultStatus, TaskStatus
 from app.webhooks import messages as webhook_messages
 
