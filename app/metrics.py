@@ -54,6 +54,7 @@ WEBHOOK_OUTCOMES = ("delivered", "retrying", "failed", "disabled")
 ENDED = text(
     "SELECT client, status, count(*), coalesce(sum(images_charged), 0) FROM tasks"
     " WHERE finished_at IS NOT NULL AND finished_at >= :since GROUP BY client, status"
+    " ORDER BY client, status"
 )
 # Each budgeted client's current period: its budget, what is charged and reserved, and
 # whether its soft threshold was crossed.

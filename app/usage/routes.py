@@ -4,16 +4,24 @@ operators across clients. Each takes the request's transaction and calls the ser
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
-from app.deps import CallerDep, SessionDep, get_admin
+from app.deps import PROBLEM, CallerDep, SessionDep, get_admin
 from app.usage import service
 from app.usage.schemas import ADMIN_GROUP_BY, CLIENT_GROUP_BY, UsageReport
 from app.webhooks.schemas import Timestamp
 
 router = APIRouter(tags=["usage"])
+
+INVALID: dict[int | str, dict[str, Any]] = {
+    422: {
+        "description": "A bound that is not RFC 3339 with an offset, `from` not before `to`, a "
+        "range over 366 days, or a grouping not offered; every problem listed in `errors`.",
+        **PROBLEM,
+    }
+}
 
 From = Annotated[
     Timestamp | None,
@@ -26,8 +34,9 @@ From = Annotated[
 To = Annotated[
     Timestamp | None,
     Query(
+        alias="to",
         description="Tasks created before this (RFC 3339, with an offset); default: now. "
-        "At most 366 days after `from`."
+        "At most 366 days after `from`.",
     ),
 ]
 
@@ -41,6 +50,7 @@ To = Annotated[
         "(`metadata.<key>`, for cost centres). `budget` is the caller's budget now, with what "
         "its current period has spent and reserved."
     ),
+    responses=INVALID,
 )
 async def get_usage(
     caller: CallerDep,
@@ -68,6 +78,7 @@ async def get_usage(
     ),
     dependencies=[Depends(get_admin)],
     tags=["admin"],
+    responses=INVALID,
 )
 async def get_admin_usage(
     session: SessionDep,
