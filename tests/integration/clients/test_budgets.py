@@ -269,8 +269,14 @@ async def test_crossing_the_soft_threshold_tells_the_client_once(
     assert data["budget"] == {"images": 10, "period": "day", "soft_ratio": 0.5}
     assert (data["threshold_images"], data["spent"] + data["reserved"]) == (5, 5)
     assert data["resets_at"] == tomorrow()
-    messages = await api.get(f"/v1/webhook-endpoints/{endpoint.json()['id']}/messages")
-    [message] = messages.json()["items"]
+    # The attempt is recorded once the receiver has answered: wait for it.
+    deadline = time.monotonic() + 15
+    while True:
+        messages = await api.get(f"/v1/webhook-endpoints/{endpoint.json()['id']}/messages")
+        [message] = messages.json()["items"]
+        if message["status"] != "pending" or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
     assert (message["type"], message["task_id"], message["status"]) == (
         "client.budget_threshold",
         None,
