@@ -71,6 +71,13 @@ class AdminDisabled(ProblemError):
     status, slug, title = 403, "admin-disabled", "Admin API disabled"
 
 
+class BudgetExceeded(ProblemError):
+    """The task would take the client past its image budget for the period; nothing was
+    stored. The problem names the budget, what is spent and reserved, and when it resets."""
+
+    status, slug, title = 402, "budget-exceeded", "Budget exceeded"
+
+
 class BadRequest(ProblemError):
     status, slug, title = 400, "bad-request", "Bad request"
 

@@ -23,6 +23,7 @@ from app.resources import Resources, open_resources
 from app.results.routes import router as results_router
 from app.settings import Settings
 from app.tasks.routes import router as tasks_router
+from app.usage.routes import router as usage_router
 from app.webhooks.routes import router as webhooks_router
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
     app.include_router(results_router)
     app.include_router(webhooks_router)
     app.include_router(clients_router)
+    app.include_router(usage_router)
     app.include_router(metrics_router)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")

@@ -7,16 +7,20 @@ task table grows.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import text
 
+from app.budgets.periods import period_start
 from app.deps import SessionDep
 from app.tasks.reconcile import callback_loss
 from app.vocabulary import (
     IN_FLIGHT,
+    BudgetPeriod,
     MessageStatus,
     ResolvedBy,
     ResultStatus,
@@ -44,6 +48,26 @@ OLDEST_UNDELIVERED = text(
 )
 WEBHOOK_OUTCOMES = ("delivered", "retrying", "failed", "disabled")
 
+# Tasks that ended in the last 24 h by client and outcome, with the images charged (the
+# partial index on finished_at serves it). One series per client and terminal status: the
+# clients are the services an operator made, a short list.
+ENDED = text(
+    "SELECT client, status, count(*), coalesce(sum(images_charged), 0) FROM tasks"
+    " WHERE finished_at IS NOT NULL AND finished_at >= :since GROUP BY client, status"
+    " ORDER BY client, status"
+)
+# Each budgeted client's current period: its budget, what is charged and reserved, and
+# whether its soft threshold was crossed.
+BUDGETS = text(
+    "SELECT c.name, c.budget_images, coalesce(s.charged, 0), coalesce(s.reserved, 0),"
+    " s.threshold_sent_at IS NOT NULL"
+    " FROM clients c LEFT JOIN client_spend s ON s.client = c.name"
+    " AND s.period = c.budget_period"
+    " AND s.period_start = CASE c.budget_period WHEN 'day' THEN CAST(:day_start AS timestamptz)"
+    " ELSE CAST(:month_start AS timestamptz) END"
+    " WHERE c.budget_images IS NOT NULL AND c.budget_period IS NOT NULL ORDER BY c.name"
+)
+
 router = APIRouter(tags=["ops"])
 
 WINDOW = timedelta(hours=24)
@@ -62,8 +86,10 @@ def _line(name: str, value: float, **labels: str) -> str:
         "Tasks in flight by status, tasks finished in the last 24 h by what told us "
         "(callback, poll, submission, system), the callback-loss rate (the share of "
         "provider-decided endings learnt by polling), result copies still pending, webhook "
-        "delivery attempts of the last 24 h by outcome, and the age of the oldest webhook "
-        "message not yet delivered."
+        "delivery attempts of the last 24 h by outcome, the age of the oldest webhook "
+        "message not yet delivered, tasks ended in the last 24 h by client and status with "
+        "the images charged by client, and each budgeted client's current period (budget, "
+        "charged, reserved, soft threshold crossed)."
     ),
 )
 async def get_metrics(session: SessionDep) -> PlainTextResponse:
@@ -77,6 +103,21 @@ async def get_metrics(session: SessionDep) -> PlainTextResponse:
     }
     oldest = await session.scalar(OLDEST_UNDELIVERED)
     counts = {str(status): int(count) for status, count in in_flight}
+    lines = _task_lines(counts, finished, int(pending_results or 0))
+    lines += _webhook_lines(attempts, float(oldest or 0))
+    lines += _usage_lines((await session.execute(ENDED, since)).all())
+    now = datetime.now(UTC)
+    periods = {
+        "day_start": period_start(now, BudgetPeriod.DAY),
+        "month_start": period_start(now, BudgetPeriod.MONTH),
+    }
+    lines += _budget_lines((await session.execute(BUDGETS, periods)).all())
+    return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+
+def _task_lines(
+    counts: dict[str, int], finished: dict[str, int], pending_results: int
+) -> list[str]:
     lines = [
         "# HELP edithook_tasks_in_flight Tasks not yet terminal, by status.",
         "# TYPE edithook_tasks_in_flight gauge",
@@ -102,7 +143,13 @@ async def get_metrics(session: SessionDep) -> PlainTextResponse:
         _line("edithook_callback_loss_ratio_24h", round(loss, 6)),
         "# HELP edithook_results_pending Result images not yet copied into storage.",
         "# TYPE edithook_results_pending gauge",
-        _line("edithook_results_pending", int(pending_results or 0)),
+        _line("edithook_results_pending", pending_results),
+    ]
+    return lines
+
+
+def _webhook_lines(attempts: dict[str, int], oldest: float) -> list[str]:
+    lines = [
         "# HELP edithook_webhook_attempts_24h Webhook attempts of the last 24 h, by outcome.",
         "# TYPE edithook_webhook_attempts_24h gauge",
     ]
@@ -113,6 +160,46 @@ async def get_metrics(session: SessionDep) -> PlainTextResponse:
     lines += [
         "# HELP edithook_webhook_oldest_undelivered_seconds Age of the oldest pending message.",
         "# TYPE edithook_webhook_oldest_undelivered_seconds gauge",
-        _line("edithook_webhook_oldest_undelivered_seconds", round(float(oldest or 0), 3)),
+        _line("edithook_webhook_oldest_undelivered_seconds", round(oldest, 3)),
     ]
-    return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+    return lines
+
+
+def _usage_lines(ended: Sequence[Sequence[Any]]) -> list[str]:
+    """Tasks ended in the last 24 h by client and outcome, and the images charged."""
+    lines = [
+        "# HELP edithook_tasks_ended_24h Tasks that ended in the last 24 h, by client and status.",
+        "# TYPE edithook_tasks_ended_24h gauge",
+    ]
+    charged: dict[str, int] = {}
+    for row in ended:
+        client, status, count, images = row
+        lines.append(_line("edithook_tasks_ended_24h", int(count), client=client, status=status))
+        charged[client] = charged.get(client, 0) + int(images)
+    lines += [
+        "# HELP edithook_images_charged_24h Images charged for tasks that ended in the last 24 h.",
+        "# TYPE edithook_images_charged_24h gauge",
+    ]
+    lines += [
+        _line("edithook_images_charged_24h", images, client=client)
+        for client, images in sorted(charged.items())
+    ]
+    return lines
+
+
+def _budget_lines(budgets: Sequence[Sequence[Any]]) -> list[str]:
+    """Each budgeted client's current period."""
+    names = (
+        ("edithook_budget_images", "Images per budget period."),
+        ("edithook_budget_charged_images", "Images charged in the current budget period."),
+        ("edithook_budget_reserved_images", "Images reserved by the period's unfinished tasks."),
+        (
+            "edithook_budget_threshold_crossed",
+            "1 once the current period's soft threshold was crossed (its message made).",
+        ),
+    )
+    lines: list[str] = []
+    for position, (name, description) in enumerate(names, start=1):
+        lines += [f"# HELP {name} {description}", f"# TYPE {name} gauge"]
+        lines += [_line(name, int(row[position]), client=row[0]) for row in budgets]
+    return lines

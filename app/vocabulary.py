@@ -101,6 +101,9 @@ class WebhookType(StrEnum):
     SUCCEEDED = "task.succeeded"  # completed, and every result stored or failed
     FAILED = "task.failed"
     CANCELLED = "task.cancelled"
+    # The client's spend in its budget period reached its soft threshold (no task: a message
+    # about the client, made once per period by the create that crossed it).
+    BUDGET_THRESHOLD = "client.budget_threshold"
 
 
 # The task status whose arrival makes a message of that type (task.succeeded is made when

@@ -50,7 +50,8 @@ IN_FLIGHT_WINDOW = timedelta(hours=3)
 COLUMNS = (
     "id, client, status, progress, request, metadata, idempotency_key, request_hash,"
     " provider_task_id, estimated_seconds, usage, error_code, error_message, resolved_by,"
-    " poll_count, created_at, updated_at, submitted_at, finished_at"
+    " poll_count, created_at, updated_at, submitted_at, finished_at, images_reserved,"
+    " images_charged"
 )
 BATCH_ROWS = 200_000
 CHUNK_ROWS = 5_000
@@ -207,6 +208,8 @@ class _Rows:
                 _ts(updated),
                 _ts(submitted),
                 _ts(finished) if finished is not None else "\\N",
+                str(n),
+                "\\N" if in_flight else str(n) if status == "completed" else "0",
             )
         )
 

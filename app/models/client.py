@@ -11,14 +11,17 @@ import uuid
 from datetime import datetime
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     LargeBinary,
     Text,
+    UniqueConstraint,
     func,
     text,
 )
@@ -89,4 +92,39 @@ class ApiKey(Base):
     __table_args__ = (
         Index("ix_api_keys_client", "client", "created_at"),
         CheckConstraint("octet_length(hash) = 32", name="hash"),
+    )
+
+
+class ClientSpend(Base):
+    """What a client with a budget has spent in one budget period (a UTC day or month).
+
+    `reserved` holds the `n` of its tasks not yet ended, `charged` the images the ended ones
+    cost. A create adds its `n` to `reserved` under this row's lock, and only while
+    `charged + reserved` stays within the budget (`app.budgets.spend`); the move into a
+    terminal status moves it from `reserved` to `charged` (what the provider charged) in the
+    writer's statement. Clients without a budget have no rows: their usage is read from the
+    tasks.
+    """
+
+    __tablename__ = "client_spend"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    client: Mapped[str] = mapped_column(
+        Text, ForeignKey("clients.name", ondelete="CASCADE", onupdate="CASCADE")
+    )
+    period: Mapped[BudgetPeriod] = mapped_column(Word(BudgetPeriod))
+    period_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    reserved: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    charged: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # When the soft threshold was crossed in this period and its message made; None: not yet.
+    threshold_sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.clock_timestamp()
+    )
+
+    __table_args__ = (
+        UniqueConstraint("client", "period", "period_start"),
+        CheckConstraint(_one_of("period", BudgetPeriod), name="period"),
+        CheckConstraint("reserved >= 0", name="reserved"),
+        CheckConstraint("charged >= 0", name="charged"),
     )

@@ -29,6 +29,7 @@ from sqlalchemy.types import TypeDecorator
 from app.db import Base
 from app.vocabulary import (
     IN_FLIGHT,
+    MAX_RESULTS,
     EventKind,
     EventOutcome,
     ResolvedBy,
@@ -97,10 +98,25 @@ class Task(Base):
     webhook_url: Mapped[str | None] = mapped_column(Text)
     # When a task still not submitted is cancelled (`cancel_after_seconds`); None: never.
     cancel_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # What the task costs, in images: `n`, reserved when it was created, and what the
+    # provider charged, set once by the move into a terminal status (completed: the images it
+    # listed; failed, cancelled: none). The default is the provider's default `n`.
+    images_reserved: Mapped[int] = mapped_column(SmallInteger, server_default="1")
+    images_charged: Mapped[int | None] = mapped_column(SmallInteger)
+    # The budget period row (`client_spend`) its reservation was made in; None: the client
+    # had no budget when the task was created.
+    spend_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("client_spend.id", ondelete="SET NULL")
+    )
 
     __table_args__ = (
         CheckConstraint(_one_of("status", TaskStatus), name="status"),
         CheckConstraint("progress BETWEEN 0 AND 100", name="progress"),
+        CheckConstraint(f"images_reserved BETWEEN 0 AND {MAX_RESULTS}", name="images_reserved"),
+        CheckConstraint(
+            f"images_charged IS NULL OR images_charged BETWEEN 0 AND {MAX_RESULTS}",
+            name="images_charged",
+        ),
         CheckConstraint(
             f"resolved_by IS NULL OR {_one_of('resolved_by', ResolvedBy)}", name="resolved_by"
         ),

@@ -74,12 +74,13 @@ class WebhookClientSecret(Secrets, Base):
 
 
 class WebhookMessage(Base):
-    """One event of one task for one recipient, and where its delivery stands."""
+    """One event of one task (or of a client: `task_id` None) for one recipient, and where
+    its delivery stands. A client's message has its payload from the moment it is made."""
 
     __tablename__ = "webhook_messages"
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    task_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
+    task_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
     client: Mapped[str] = mapped_column(Text)
     type: Mapped[WebhookType] = mapped_column(Word(WebhookType))
     # The recipient: an endpoint (its URL and secret as they are at each attempt), or a

@@ -96,9 +96,17 @@ def _watch(resources: Resources) -> Watch:
         "Stores the task with its submission job and answers 202 with its state; a worker "
         "submits it to EvoLink. With an `Idempotency-Key`, a repeat of the same body returns the "
         "same task (`Idempotent-Replayed: true`) and submits nothing; the same key with another "
-        "body is 409."
+        "body is 409. A client with a budget reserves the task's `n` in it; over it, 402."
     ),
     responses={
+        402: {
+            "description": (
+                "The client's image budget for the period cannot hold this task's `n`; nothing "
+                "was stored. The problem (`budget-exceeded`) adds `budget` (`images`, "
+                "`period`), `spent`, `reserved`, `requested` and `resets_at`."
+            ),
+            **PROBLEM,
+        },
         409: {"description": "Idempotency-Key reused with a different body.", **PROBLEM},
         422: {"description": "Every problem with the request, listed in `errors`.", **PROBLEM},
     },

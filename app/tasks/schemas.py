@@ -285,6 +285,8 @@ EXAMPLE_TASK: dict[str, Any] = {
     "provider_task_id": "task-unified-1795497285-a0fgv76l",
     "estimated_seconds": 12.0,
     "usage": {"billing_rule": "per_call", "credits_reserved": 2, "user_group": "default"},
+    "images_reserved": 1,
+    "images_charged": 1,
     "error": None,
     "resolved_by": "callback",
     "result_count": 1,
@@ -317,7 +319,18 @@ class TaskRead(BaseModel):
     metadata: dict[str, Any]
     provider_task_id: str | None
     estimated_seconds: float | None
-    usage: dict[str, Any] | None
+    usage: dict[str, Any] | None = Field(
+        description="The provider's own `usage` figures, as it last sent them; null if none."
+    )
+    images_reserved: int = Field(
+        description="Images reserved when the task was created (its `n`), against the budget."
+    )
+    images_charged: int | None = Field(
+        description=(
+            "Images the provider charged, set when the task ends: the images a completed task"
+            " produced, 0 for a failed or cancelled one; null until then."
+        )
+    )
     error: TaskError | None
     resolved_by: ResolvedBy | None = Field(
         description=(

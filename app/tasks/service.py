@@ -19,6 +19,7 @@ from sqlalchemy import ColumnElement, Select, and_, func, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.budgets.spend import reserve
 from app.errors import BadRequest, Conflict, NotFound
 from app.jobs import SUBMIT_TASK, enqueue
 from app.models import Task, TaskEvent, TaskResult
@@ -116,6 +117,9 @@ async def create_task(
     """Store a new queued task, or find the one an earlier request with the same key made.
 
     Returns the task and whether it is new. The same key with a different body is a Conflict.
+    A new task reserves its `n` in the client's budget (`app.budgets.spend`), in this
+    transaction; over the budget it raises BudgetExceeded, and the caller's transaction must
+    roll back. A replay reserves nothing.
     """
     digest = request_hash(body)
     values = {
@@ -128,6 +132,7 @@ async def create_task(
         "idempotency_key": idempotency_key,
         "request_hash": digest,
         "webhook_url": body.webhook_url,
+        "images_reserved": body.n,
         "cancel_at": (
             None
             if body.cancel_after_seconds is None
@@ -143,6 +148,7 @@ async def create_task(
         )
     task = (await session.execute(statement.returning(Task))).scalar_one_or_none()
     if task is not None:
+        await reserve(session, client, task.id, body.n, task.created_at)
         # The submission job commits with the task: no stored task is left without one.
         await enqueue(session, SUBMIT_TASK, {"task_id": str(task.id)})
         session.add(

@@ -6,7 +6,8 @@ answer, a failed create, the system's time limits, a client's cancel — reads t
 verdict to `write` with the guard derived from that rule. `write` sends ONE statement that
 locks the row, applies the verdict only if the row is still in a guarded state, adds the
 result rows, enqueues the copy job, makes the webhook messages (`app.webhooks.messages`),
-notifies waiters and records the event. When the row changed in between, it writes nothing
+settles the budget reservation of a task that ends (`app.budgets.spend`), notifies waiters
+and records the event. When the row changed in between, it writes nothing
 and `settle` reads, judges and writes again.
 
 The fast paths (a terminal callback, a create's answer) are the same statement with the
@@ -33,11 +34,12 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.budgets import spend
 from app.db import DirectUnavailable, fetch_one, transaction
 from app.jobs import QUEUE, STORE_RESULTS
 from app.notify import TASK_CHANNEL
 from app.tasks.transitions import Guard, Rule, TaskState, Verdict, guard_for
-from app.vocabulary import EventKind, EventOutcome, ResultStatus, TaskStatus
+from app.vocabulary import TERMINAL, EventKind, EventOutcome, ResultStatus, TaskStatus
 from app.webhooks import messages as webhook_messages
 
 # The task columns a verdict may set.
@@ -151,7 +153,7 @@ ARM_B = "\n                WHEN {guard_b} THEN 2"
 # updated: an event-only verdict makes no new row version).
 MOVED = """, moved AS (
     UPDATE tasks AS t SET {assignments} FROM hit
-    WHERE t.id = hit.id AND hit.arm = 1 RETURNING t.id, hit.status AS from_status
+    WHERE t.id = hit.id AND hit.arm = 1 RETURNING t.id, hit.status AS from_status{returning}
 )"""
 
 # The result rows a completion lists, waiting to be copied.
@@ -192,18 +194,23 @@ def statement_for(
     results: bool = False,
     completes: bool = False,
     tells: bool = False,
+    settles: bool = False,
 ) -> LiteralString:
     """The statement that sets `columns` (names from CHANGEABLE) and does `bookkeeping`
     (names from BOOKKEEPING) on a task whose row holds a guard of shape `guard`, else
     records an event-only verdict when it holds one of shape `otherwise`. With `results`,
     it adds the result rows listed; with `completes`, the copy job of a task it completes;
-    with `tells`, the webhook messages of a move into the verdict's status."""
+    with `tells`, the webhook messages of a move into the verdict's status; with `settles`,
+    the images charged and the settlement of the budget reservation of a move into a
+    terminal status (`app.budgets.spend`)."""
     unknown = (columns - CHANGEABLE) | (bookkeeping - BOOKKEEPING.keys())
     if unknown:
         raise ValueError(f"the writer cannot change {sorted(unknown)}")
-    if (results or completes or tells) and not columns:
+    if (results or completes or tells or settles) and not columns:
         raise ValueError("only a verdict that changes the task adds results or a copy job")
     parts = [ASSIGNMENTS.get(column, f"{column} = %(set_{column})s") for column in sorted(columns)]
+    if settles:
+        parts.append(spend.CHARGE_ASSIGNMENT)
     if columns:
         parts.append("updated_at = now()")
     parts += [BOOKKEEPING[name] for name in sorted(bookkeeping)]
@@ -222,7 +229,12 @@ def statement_for(
         prior_columns=", ".join(prior),
         guard_a=_guard("a_", guard),
         arm_b="" if otherwise is None else ARM_B.format(guard_b=_guard("b_", otherwise)),
-        moved=MOVED.format(assignments=", ".join(parts)) if parts else "",
+        moved=MOVED.format(
+            assignments=", ".join(parts),
+            returning=f", {spend.MOVED_RETURNING}" if settles else "",
+        )
+        if parts
+        else "",
         results=RESULTS.format(result_pending=ResultStatus.PENDING.value) if results else "",
         side_effects=SIDE_EFFECTS.format(channel=TASK_CHANNEL, copy_job=copy_job)
         if columns
@@ -234,7 +246,8 @@ def statement_for(
         if otherwise is None
         else "CASE hit.arm WHEN 1 THEN %(a_detail)s ELSE %(b_detail)s END",
         effects="(SELECT count(*) FROM side_effects)" if columns else "0",
-        webhooks=webhook_messages.WRITER_CTE if tells else "",
+        webhooks=(webhook_messages.WRITER_CTE if tells else "")
+        + (spend.WRITER_CTE if settles else ""),
     )
 
 
@@ -336,6 +349,11 @@ def prepare(
     }
     if verdict.result_urls:
         params["result_urls"] = list(verdict.result_urls)
+    settles = verdict.to_status in TERMINAL and bool(columns)
+    if settles:
+        # EvoLink charges the images it made: those a completion lists; none otherwise.
+        completed = verdict.to_status == TaskStatus.COMPLETED
+        params["images_charged"] = len(verdict.result_urls) if completed else 0
     alternative = None
     if otherwise is not None:
         alternative_verdict, alternative_guard = otherwise
@@ -351,6 +369,7 @@ def prepare(
         results=bool(verdict.result_urls),
         completes=verdict.to_status == TaskStatus.COMPLETED and bool(columns),
         tells=webhook_messages.tells(verdict.to_status) and bool(columns),
+        settles=settles,
     )
     return statement, params
 

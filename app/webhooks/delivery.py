@@ -68,12 +68,13 @@ class _Send:
     endpoint_id: uuid.UUID | None
 
 
-async def render(session: AsyncSession, message: Message) -> str:
-    """The message's body: `{"type", "timestamp", "data"}`, `data` the task as
-    `GET /v1/tasks/{id}` shows it with its `results` as `GET /v1/tasks/{id}/results` lists them."""
-    view = await get_task(session, message.client, message.task_id)
+async def render(session: AsyncSession, message: Message, task_id: uuid.UUID) -> str:
+    """The body of a message about task `task_id`: `{"type", "timestamp", "data"}`, `data`
+    the task as `GET /v1/tasks/{id}` shows it with its `results` as
+    `GET /v1/tasks/{id}/results` lists them."""
+    view = await get_task(session, message.client, task_id)
     rows = await session.scalars(
-        select(TaskResult).where(TaskResult.task_id == message.task_id).order_by(TaskResult.index)
+        select(TaskResult).where(TaskResult.task_id == task_id).order_by(TaskResult.index)
     )
     data: dict[str, Any] = TaskRead.model_validate(view, from_attributes=True).model_dump(
         mode="json"
@@ -129,9 +130,15 @@ async def _prepare(
             assert message.url is not None  # a check constraint: one recipient
             url, keys = message.url, _keys(await client_secret(session, message.client), now)
         if message.payload is None:
+            if message.task_id is None:
+                # A client's message is made with its payload; without one there is nothing
+                # to send.
+                message.status = MessageStatus.FAILED
+                message.last_error = "the message has no payload and no task to render"
+                return None
             # Rendered once, at the first attempt, and kept: every retry and redelivery
             # sends these same bytes.
-            message.payload = await render(session, message)
+            message.payload = await render(session, message, message.task_id)
         return _Send(str(message.id), url, message.payload, keys, message.endpoint_id)
 
 

@@ -10,6 +10,9 @@ statement that inserts it, so a committed message never lacks its job.
 - `task.succeeded` is made by the result copy in the transaction that settles a completed
   task (every result stored or failed): `STORE_CTE` in its statement that stores the last
   image, `make_succeeded` where a failure settles it.
+- `client.budget_threshold` is about a client, not a task (`task_id` null), and goes to its
+  endpoints only: `make_client_message`, in the create's transaction that crossed the
+  threshold (`app.budgets.spend`), with its payload rendered there and then.
 """
 
 from __future__ import annotations
@@ -124,3 +127,32 @@ async def make_succeeded(session: AsyncSession, task_id: uuid.UUID) -> None:
     """
     await session.execute(text("SELECT 1 FROM tasks WHERE id = :id FOR UPDATE"), {"id": task_id})
     await session.execute(_SUCCEEDED, {"task_id": task_id})
+
+
+_CLIENT_MESSAGE: Final = text(
+    f"""
+    INSERT INTO webhook_messages (id, task_id, client, type, endpoint_id, url, payload)
+    SELECT m.id, NULL, :client, :type, m.endpoint_id, NULL, :payload FROM (
+        SELECT gen_random_uuid() AS id, e.id AS endpoint_id
+        FROM webhook_endpoints e
+        WHERE e.client = :client AND e.enabled
+          AND (e.event_types IS NULL OR :type = ANY(e.event_types))
+    ) AS m
+    RETURNING id, procrastinate_defer_jobs_v1(ARRAY[ROW(
+        '{QUEUE}', '{DELIVER_WEBHOOK}', {WEBHOOK_PRIORITY}, 'webhook:' || id::text, NULL,
+        jsonb_build_object('message_id', id::text), NULL
+    )::procrastinate_job_to_defer_v1])
+    """  # noqa: S608 - constants only
+)
+
+
+async def make_client_message(
+    session: AsyncSession, client: str, kind: WebhookType, payload: str
+) -> int:
+    """A message about the client itself for each of its enabled endpoints subscribed to
+    `kind`, with its job; the payload is final (no task to render it from later). Returns
+    how many were made."""
+    made = await session.execute(
+        _CLIENT_MESSAGE, {"client": client, "type": kind.value, "payload": payload}
+    )
+    return len(made.all())

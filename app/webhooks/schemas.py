@@ -136,7 +136,9 @@ class MessageRead(BaseModel):
     """One event for one recipient; `id` is the `webhook-id` of every delivery of it."""
 
     id: uuid.UUID
-    task_id: uuid.UUID
+    task_id: uuid.UUID | None = Field(
+        description="The task it is about; null for a message about the client itself."
+    )
     type: WebhookType
     endpoint_id: uuid.UUID | None
     url: str | None = Field(description="The task's own URL, when sent there.")

@@ -54,7 +54,7 @@ async def test_errors_are_documented_where_they_are_sent(api: httpx.AsyncClient)
     document = (await api.get("/openapi.json")).json()
     for method, path, operation in _operations(document):
         documented = set(operation["responses"])
-        needs_key = path.startswith(("/v1/tasks", "/v1/webhook", "/v1/admin/"))
+        needs_key = path.startswith(("/v1/tasks", "/v1/webhook", "/v1/admin/", "/v1/usage"))
         assert ("401" in documented) == needs_key, (method, path)
         assert ("403" in documented) == needs_key, (method, path)
         if "requestBody" in operation or path.startswith("/v1/callbacks"):

@@ -104,3 +104,44 @@ def test_an_event_only_statement_updates_and_notifies_nothing() -> None:
     assert "INSERT INTO task_events" in statement
     for part in ("UPDATE tasks", "pg_notify", "procrastinate_defer_jobs_v1", "task_results"):
         assert part not in statement
+
+
+@pytest.mark.parametrize(
+    ("body", "charged"),
+    [
+        (
+            {
+                "status": "completed",
+                "results": ["https://f.example/0.png", "https://f.example/1.png"],
+            },
+            2,
+        ),
+        ({"status": "completed", "results": []}, 0),
+        ({"status": "failed", "error": {"code": "service_error", "message": "m"}}, 0),
+        ({"status": "cancelled"}, 0),
+    ],
+)
+def test_a_move_into_a_terminal_status_settles_the_budget(
+    body: dict[str, object], charged: int
+) -> None:
+    """The statement of a verdict ending a task sets the images charged (what a completion
+    lists; none otherwise) and settles the reservation, only for a task that moved."""
+    observed = ProviderTask.model_validate({"id": "p1", **body})
+    statement, params = prepared(observed, TaskStatus.PROCESSING)
+    assert "images_charged = COALESCE(t.images_charged, %(images_charged)s)" in statement
+    assert "UPDATE client_spend" in statement
+    assert "moved.from_status <> %(to_status)s::text" in statement
+    assert params["images_charged"] == charged
+
+
+def test_a_statement_that_ends_nothing_settles_nothing() -> None:
+    """Progress and a move to pending touch no budget and no charge."""
+    for body, status in (
+        ({"status": "processing", "progress": 40}, TaskStatus.PROCESSING),
+        ({"status": "pending"}, TaskStatus.SUBMITTING),
+    ):
+        observed = ProviderTask.model_validate({"id": "p1", **body})
+        statement, params = prepared(observed, status)
+        assert "client_spend" not in statement
+        assert "images_charged" not in statement
+        assert "images_charged" not in params

@@ -35,7 +35,7 @@ from app.models import Task
 from app.notify import TASK_CHANNEL
 from app.tasks import writer
 from app.tasks.submission import CLAIM, record_created
-from app.tasks.transitions import TaskState, Verdict, guard_for, judge
+from app.tasks.transitions import Guard, TaskState, Verdict, client_cancel, guard_for, judge
 from app.tasks.writer import Direct, Engine, Event, Written
 from app.vocabulary import EventKind, EventOutcome, TaskStatus
 
@@ -663,3 +663,85 @@ async def test_a_failed_poll_is_counted_and_recorded_without_moving_the_task(
         "poll failed (timeout)",
     )
     assert notes == 0
+
+
+async def spent_on(db: Database, task_id: uuid.UUID, reserved: int) -> int:
+    """A budget period row holding `reserved` images for task `task_id`, which points at it."""
+    async with await psycopg.AsyncConnection.connect(db.url, autocommit=True) as conn:
+        await conn.execute(
+            "INSERT INTO clients (name, budget_images, budget_period) VALUES"
+            " ('writer-budget', 100, 'day') ON CONFLICT DO NOTHING"
+        )
+        cursor = await conn.execute(
+            "INSERT INTO client_spend (client, period, period_start, reserved)"
+            " VALUES ('writer-budget', 'day', now() - random() * interval '1000 days', %s)"
+            " RETURNING id",
+            (reserved,),
+        )
+        row = await cursor.fetchone()
+        assert row is not None
+        await conn.execute(
+            "UPDATE tasks SET spend_id = %s, images_reserved = %s WHERE id = %s",
+            (row[0], reserved, task_id),
+        )
+        return int(row[0])
+
+
+async def spend(db: Database, spend_id: int) -> tuple[int, int]:
+    async with await psycopg.AsyncConnection.connect(db.url) as conn:
+        row = await (
+            await conn.execute(
+                "SELECT reserved, charged FROM client_spend WHERE id = %s", (spend_id,)
+            )
+        ).fetchone()
+        assert row is not None
+        return row[0], row[1]
+
+
+async def test_the_move_into_a_terminal_status_settles_the_reservation_once(
+    db: Database,
+) -> None:
+    """A completion listing 2 of 3 images charges 2 and releases the reservation, in the
+    statement that completes the task; the same verdict written again over the completed
+    row (its guard forged to hold there) changes neither the charge nor the row."""
+    task_id = uuid.uuid4()
+    await fresh_task(db, task_id, "processing", PROVIDER_ID, n=3)
+    spend_id = await spent_on(db, task_id, 3)
+    urls = ("https://files.evolink.ai/a/0.png", "https://files.evolink.ai/a/1.png")
+    verdict = Verdict(
+        EventOutcome.APPLIED,
+        None,
+        TaskStatus.COMPLETED,
+        {"status": TaskStatus.COMPLETED, "progress": 100},
+        urls,
+    )
+    in_flight = Guard(frozenset({TaskStatus.PROCESSING}), PROVIDER_ID)
+    written = await writer.write(
+        Direct(db.pool), task_id, verdict, in_flight, Event(EventKind.CALLBACK)
+    )
+    assert written.outcome == EventOutcome.APPLIED
+    after = await state(db, task_id)
+    assert (after["task"]["status"], after["task"]["images_charged"]) == ("completed", 2)
+    assert await spend(db, spend_id) == (0, 2)
+    again = Guard(frozenset({TaskStatus.COMPLETED}), PROVIDER_ID)
+    rewritten = await writer.write(
+        Direct(db.pool), task_id, verdict, again, Event(EventKind.CALLBACK)
+    )
+    assert rewritten.outcome == EventOutcome.APPLIED
+    assert (await state(db, task_id))["task"]["images_charged"] == 2
+    assert await spend(db, spend_id) == (0, 2)
+
+
+async def test_a_cancel_releases_the_reservation_and_charges_nothing(db: Database) -> None:
+    """A client's cancel of a queued task: charged 0, the row's reservation released."""
+    task_id = uuid.uuid4()
+    await fresh_task(db, task_id, "queued", None, n=2)
+    spend_id = await spent_on(db, task_id, 2)
+    now = writer.now()
+    written = await writer.settle(
+        Direct(db.pool), task_id, lambda state: client_cancel(state, now), Event(EventKind.CLIENT)
+    )
+    assert written.outcome == EventOutcome.APPLIED
+    after = await state(db, task_id)
+    assert (after["task"]["status"], after["task"]["images_charged"]) == ("cancelled", 0)
+    assert await spend(db, spend_id) == (0, 0)
