@@ -139,7 +139,7 @@ _CLIENT_MESSAGE: Final = text(
           AND (e.event_types IS NULL OR :type = ANY(e.event_types))
     ) AS m
     RETURNING id, procrastinate_defer_jobs_v1(ARRAY[ROW(
-        '{QUEUE}', '{DELIVER_WEBHOOK}', {WEBHOOK_PRIORITY}, 'webhook:' || id::text, NULL,
+        '{WEBHOOK_QUEUE}', '{DELIVER_WEBHOOK}', {WEBHOOK_PRIORITY}, 'webhook:' || id::text, NULL,
         jsonb_build_object('message_id', id::text), NULL
     )::procrastinate_job_to_defer_v1])
     """  # noqa: S608 - constants only
