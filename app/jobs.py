@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 QUEUE = "default"
 SUBMIT_TASK = "submit_task"
+DISPATCH_PARKED = "dispatch_parked"
 STORE_RESULTS = "store_results"
 RECONCILE = "reconcile"
 SWEEP = "sweep"

@@ -1,6 +1,6 @@
 """The ORM models; importing this package registers every table on `Base.metadata`."""
 
-from app.models.client import ApiKey, Client
+from app.models.client import ApiKey, Client, RateLimitWindow
 from app.models.task import Task, TaskEvent, TaskResult
 from app.models.webhook import (
     WebhookAttempt,
@@ -12,6 +12,7 @@ from app.models.webhook import (
 __all__ = [
     "ApiKey",
     "Client",
+    "RateLimitWindow",
     "Task",
     "TaskEvent",
     "TaskResult",
