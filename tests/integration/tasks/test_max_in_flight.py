@@ -8,15 +8,17 @@ the client's claim lock) and `finished_at` — never from how long anything took
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
-from app.tasks import cancel, dispatch
+from app.tasks import cancel, dispatch, submission
 from tests.conftest import Caller, Service
 from tests.helpers import ADMIN_KEY, create_task, provider_tasks, wait_for_task
 
@@ -178,3 +180,53 @@ async def test_a_task_parked_while_the_client_was_limited_is_sent_once_the_limit
     assert (await rows(service, [first["id"]]))[0]["status"] != "completed"
     await sim.post(f"/_sim/tasks/{await sim_task(sim, first['id'])}/complete")
     await wait_for_task(api, first["id"], {"completed"})
+
+
+async def test_claims_racing_from_many_workers_never_exceed_the_limit(
+    service: Service,
+    admin: httpx.AsyncClient,
+    api: httpx.AsyncClient,
+    caller: Caller,
+    sim: httpx.AsyncClient,
+) -> None:
+    """Eight connections claiming eight tasks of a client at once, beside the worker's own
+    jobs, as eight workers would: exactly three (the limit) end up in flight, the rest stay
+    queued and parked."""
+    await limit(admin, caller.name, 3)
+    ids = [(await create_task(api, prompt=HELD))["id"] for _ in range(8)]
+
+    async def race(task_id: str) -> str:
+        async with await psycopg.AsyncConnection.connect(
+            service.settings.database_url, autocommit=True
+        ) as conn:
+            cursor = await conn.execute(submission.CLAIM, {"task_id": uuid.UUID(task_id)})
+            row = await cursor.fetchone()
+            assert row is not None
+            outcome: str = row[0]
+            return outcome
+
+    outcomes = await asyncio.gather(*(race(task_id) for task_id in ids))
+    assert outcomes.count("claimed") <= 3
+    # The worker's jobs claim beside the race (what it claimed stays `submitting`: no job
+    # of its sends it). Whatever order it all happened in, three end in flight, never more.
+    holding = {"submitting", "pending", "processing"}
+    deadline = time.monotonic() + 15
+    while True:
+        tasks = await rows(service, ids)
+        in_flight = [t for t in tasks if t["status"] in holding]
+        assert len(in_flight) <= 3
+        if len(in_flight) == 3 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    assert len(in_flight) == 3
+    assert all(t["status"] == "queued" for t in tasks if t not in in_flight)
+
+    for task in tasks:
+        if task not in in_flight:
+            assert (await api.post(f"/v1/tasks/{task['id']}/cancel")).status_code == 200
+    raced = {i for i, outcome in zip(ids, outcomes, strict=True) if outcome == "claimed"}
+    for task in in_flight:
+        if task["id"] not in raced:
+            await wait_for_task(api, task["id"], {"pending", "processing"})
+            await sim.post(f"/_sim/tasks/{await sim_task(sim, task['id'])}/complete")
+            await wait_for_task(api, task["id"], {"completed"})
