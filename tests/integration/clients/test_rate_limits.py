@@ -4,13 +4,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
+from app.clients.ratelimit import RateLimiter
+from app.db import create_pool
 from app.servers import RunningServer
 from tests.conftest import Caller, Service
 from tests.helpers import VALID_EDIT
@@ -162,3 +166,22 @@ async def test_an_unlimited_client_is_not_counted(
             "SELECT count(*) FROM rate_limit_windows WHERE client = %s", (caller.name,)
         )
         assert await cursor.fetchone() == (0,)
+
+
+async def test_with_the_database_out_of_reach_requests_go_on_uncounted_with_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Counting fails open: no quota (the request proceeds, without the fields), and one
+    warning for the outage rather than one per request."""
+    pool = create_pool("postgresql://nobody@127.0.0.1:9/none", pool_size=1)
+    await pool.open(wait=False)
+    try:
+        limiter = RateLimiter(pool)
+        with caplog.at_level(logging.WARNING, logger="edithook.ratelimit"):
+            assert await limiter.count("anyone", 5) is None
+            assert await limiter.count("anyone", 5) is None
+    finally:
+        await pool.close()
+    warnings = [r for r in caplog.records if r.name == "edithook.ratelimit"]
+    assert len(warnings) == 1
+    assert "unlimited" in warnings[0].getMessage()
