@@ -11,14 +11,15 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
 
-from app.tasks import cancel, dispatch, submission
+from app.jobs import SUBMIT_TASK
+from app.tasks import cancel, dispatch, submission, sweep
 from tests.conftest import Caller, Service
 from tests.helpers import ADMIN_KEY, create_task, provider_tasks, wait_for_task
 
@@ -189,11 +190,11 @@ async def test_claims_racing_from_many_workers_never_exceed_the_limit(
     caller: Caller,
     sim: httpx.AsyncClient,
 ) -> None:
-    """Eight connections claiming eight tasks of a client at once, beside the worker's own
-    jobs, as eight workers would: exactly three (the limit) end up in flight, the rest stay
+    """Six connections claiming six tasks of a client at once, beside the worker's own
+    jobs, as six workers would: exactly two (the limit) end up in flight, the rest stay
     queued and parked."""
-    await limit(admin, caller.name, 3)
-    ids = [(await create_task(api, prompt=HELD))["id"] for _ in range(8)]
+    await limit(admin, caller.name, 2)
+    ids = [(await create_task(api, prompt=HELD))["id"] for _ in range(6)]
 
     async def race(task_id: str) -> str:
         async with await psycopg.AsyncConnection.connect(
@@ -206,19 +207,19 @@ async def test_claims_racing_from_many_workers_never_exceed_the_limit(
             return outcome
 
     outcomes = await asyncio.gather(*(race(task_id) for task_id in ids))
-    assert outcomes.count("claimed") <= 3
+    assert outcomes.count("claimed") <= 2
     # The worker's jobs claim beside the race (what it claimed stays `submitting`: no job
-    # of its sends it). Whatever order it all happened in, three end in flight, never more.
+    # of its sends it). Whatever order it all happened in, two end in flight, never more.
     holding = {"submitting", "pending", "processing"}
     deadline = time.monotonic() + 15
     while True:
         tasks = await rows(service, ids)
         in_flight = [t for t in tasks if t["status"] in holding]
-        assert len(in_flight) <= 3
-        if len(in_flight) == 3 or time.monotonic() > deadline:
+        assert len(in_flight) <= 2
+        if len(in_flight) == 2 or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.05)
-    assert len(in_flight) == 3
+    assert len(in_flight) == 2
     assert all(t["status"] == "queued" for t in tasks if t not in in_flight)
 
     for task in tasks:
@@ -230,3 +231,29 @@ async def test_claims_racing_from_many_workers_never_exceed_the_limit(
             await wait_for_task(api, task["id"], {"pending", "processing"})
             await sim.post(f"/_sim/tasks/{await sim_task(sim, task['id'])}/complete")
             await wait_for_task(api, task["id"], {"completed"})
+
+
+async def test_the_sweeper_leaves_a_parked_task_to_the_dispatcher(
+    service: Service,
+    admin: httpx.AsyncClient,
+    api: httpx.AsyncClient,
+    caller: Caller,
+    sim: httpx.AsyncClient,
+) -> None:
+    """A parked task has no job by design: the sweeper's look for queued tasks that lost
+    theirs does not find it, however long it has waited."""
+    await limit(admin, caller.name, 1)
+    first = await create_task(api, prompt=HELD)
+    await wait_for_task(api, first["id"], {"pending", "processing"})
+    parked = await create_task(api)
+    assert (await rows(service, [parked["id"]]))[0]["parked_at"] is not None
+
+    later = datetime.now(UTC) + timedelta(hours=1)
+    async with service.resources.sessions() as session:
+        stuck = await session.execute(
+            sweep.STUCK_SUBMISSIONS, {"cutoff": later, "job": SUBMIT_TASK}
+        )
+        assert str(parked["id"]) not in {str(task_id) for (task_id,) in stuck.all()}
+
+    await sim.post(f"/_sim/tasks/{await sim_task(sim, first['id'])}/complete")
+    await wait_for_task(api, parked["id"], {"completed"}, within=30)
