@@ -11,7 +11,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.clients.keys import KeyCache
+from app.clients.keys import KeyCache, KeyEntry
 from app.errors import PROBLEM_JSON, AdminDisabled, ClientDisabled, NotFound, Unauthorized
 from app.resources import Resources
 from app.security import AdminKeys
@@ -80,8 +80,8 @@ def _bearer_key(authorization: str | None) -> str:
     return key
 
 
-def authenticate(keys: KeyCache, authorization: str | None) -> str:
-    """The client whose key an `Authorization` header carries.
+def key_entry(keys: KeyCache, authorization: str | None) -> KeyEntry:
+    """The entry of the key an `Authorization` header carries: its client and limits.
 
     Raises Unauthorized (401) for no key or one that is not valid (unknown or revoked), and
     ClientDisabled (403) for a valid key of a disabled client.
@@ -91,7 +91,12 @@ def authenticate(keys: KeyCache, authorization: str | None) -> str:
         raise Unauthorized("The key is not valid.", headers=CHALLENGE)
     if not entry.active:
         raise ClientDisabled(f"The client {entry.client!r} is disabled; ask an operator.")
-    return entry.client
+    return entry
+
+
+def authenticate(keys: KeyCache, authorization: str | None) -> str:
+    """The client whose key an `Authorization` header carries (see `key_entry`)."""
+    return key_entry(keys, authorization).client
 
 
 def authenticate_admin(admin_keys: AdminKeys, authorization: str | None) -> None:

@@ -10,6 +10,12 @@ route's dependencies: a check made there comes after the body has arrived. Here:
 - the body is limited while it streams: a declared `Content-Length` over the route's limit
   fails the first read at once, a streamed body fails the read that passes the limit (both
   raise `BodyTooLarge`, answered 413); the receiver catches it to record the attempt;
+- a request of the client API (`/v1/`, but not the admin API or the callback receiver)
+  carrying a valid key of a client with `requests_per_minute` is counted
+  (`app.clients.ratelimit`): over the limit it is answered 429 without reaching the app;
+  every counted answer carries the `RateLimit-Policy` and `RateLimit` fields. A request of
+  an unlimited client, or one without a valid key (its route answers 401/403), costs no
+  statement;
 - an error nothing else handled is answered here with a 500 problem and one log line, rather
   than by Starlette's outermost handler, which re-raises it for the server to print with its
   traceback (and with it the SQL parameters of a failed statement).
@@ -24,8 +30,10 @@ import structlog
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.deps import authenticate, authenticate_admin
-from app.errors import BodyTooLarge, ProblemError, problem, unexpected
+from app.clients.keys import KeyEntry
+from app.clients.ratelimit import Quota
+from app.deps import authenticate_admin, key_entry
+from app.errors import BodyTooLarge, ProblemError, RateLimited, problem, unexpected
 from app.resources import Resources
 
 CLIENT_API_PREFIX = "/v1/"
@@ -51,20 +59,30 @@ class RequestEdge:
         declared = _content_length(headers)
         callback = path.startswith(CALLBACK_PREFIX)
         has_body = bool(declared) or "transfer-encoding" in headers
-        if has_body and not callback and path.startswith(CLIENT_API_PREFIX):
+        quota: Quota | None = None
+        if not callback and path.startswith(CLIENT_API_PREFIX):
             resources: Resources = scope["app"].state.resources
+            admin = path.startswith(ADMIN_PREFIX)
+            entry: KeyEntry | None = None
             try:
-                if path.startswith(ADMIN_PREFIX):
+                if admin and has_body:
                     authenticate_admin(resources.admin_keys, headers.get("authorization"))
-                else:
-                    authenticate(resources.api_keys, headers.get("authorization"))
+                elif not admin:
+                    entry = key_entry(resources.api_keys, headers.get("authorization"))
             except ProblemError as exc:
-                response = problem(
-                    exc.status, slug=exc.slug, title=exc.title, detail=exc.detail,
-                    headers=exc.headers,
-                )  # fmt: skip
-                await response(scope, receive, send)
-                return
+                # Without a body the route's own dependency answers, as it always did.
+                if has_body:
+                    await _answer(exc, scope, receive, send)
+                    return
+            if entry is not None and entry.requests_per_minute is not None:
+                quota = await resources.rate_limits.count(entry.client, entry.requests_per_minute)
+                if quota is not None and not quota.allowed:
+                    refusal = RateLimited(
+                        f"More than {quota.limit} requests a minute; retry in {quota.reset} s.",
+                        headers=quota.headers(),
+                    )
+                    await _answer(refusal, scope, receive, send)
+                    return
 
         limit = self.callback_limit if callback else self.rest_limit
         seen = 0
@@ -81,11 +99,14 @@ class RequestEdge:
             return message
 
         started = False
+        counted = [] if quota is None else _raw(quota.headers())
 
         async def watched(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
+                if counted:
+                    message = {**message, "headers": [*message.get("headers", ()), *counted]}
             await send(message)
 
         try:
@@ -96,6 +117,17 @@ class RequestEdge:
                 await response(scope, receive, send)
             # With the answer under way there is nothing to send: the server closes the
             # connection when the app returns without finishing it.
+
+
+async def _answer(exc: ProblemError, scope: Scope, receive: Receive, send: Send) -> None:
+    response = problem(
+        exc.status, slug=exc.slug, title=exc.title, detail=exc.detail, headers=exc.headers
+    )
+    await response(scope, receive, send)
+
+
+def _raw(fields: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(name.lower().encode(), value.encode()) for name, value in fields.items()]
 
 
 def _content_length(headers: Headers) -> int | None:

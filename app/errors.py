@@ -90,6 +90,10 @@ class PayloadTooLarge(ProblemError):
     status, slug, title = 413, "payload-too-large", "Payload too large"
 
 
+class RateLimited(ProblemError):
+    status, slug, title = 429, "rate-limited", "Too many requests"
+
+
 class Unprocessable(ProblemError):
     status, slug, title = 422, "validation-error", "The request is not valid"
 

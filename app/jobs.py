@@ -30,6 +30,7 @@ QUEUE = "default"
 # timeout, never a slot that a submission or a result copy needs.
 WEBHOOK_QUEUE = "webhooks"
 SUBMIT_TASK = "submit_task"
+DISPATCH_PARKED = "dispatch_parked"
 STORE_RESULTS = "store_results"
 RECONCILE = "reconcile"
 SWEEP = "sweep"

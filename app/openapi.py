@@ -2,7 +2,8 @@
 
 Routes declare the answers particular to them (404, 409, 410…). What follows from a route's
 shape is added here, once, so that a new route is documented truthfully without repeating
-itself: 401 and 403 for routes that take a client's or an operator's key, 400 and 413 for
+itself: 401 and 403 for routes that take a client's or an operator's key (and 429, with the
+rate-limit fields, for a client's), 400 and 413 for
 routes with a body, 400 for routes with a cursor, 503 for routes that need the database,
 and 422 as problem details.
 Every error is `application/problem+json` with the `Problem` schema (validation problems
@@ -57,12 +58,26 @@ RETRY_AFTER = {
     }
 }
 
+# Sent with every answer to a client whose requests are counted (`requests_per_minute`).
+RATE_LIMIT_FIELDS = {
+    "RateLimit-Policy": {
+        "description": 'The quota policy (IETF draft): `"default";q=<requests>;w=60`.',
+        "schema": {"type": "string"},
+    },
+    "RateLimit": {
+        "description": 'What is left of it: `"default";r=<remaining>;t=<seconds to reset>`.',
+        "schema": {"type": "string"},
+    },
+}
+
 # What each added status means; a route's own description wins where it gives one.
 ADDED: dict[str, str] = {
     "400": "The body, a cursor or another parameter cannot be read.",
     "401": "No key, or a key that is not valid (`WWW-Authenticate: Bearer`).",
     "403": "The key's client is disabled.",
     "413": "The body is over the limit.",
+    "429": "More requests this minute than the client's `requests_per_minute`; retry after "
+    "`Retry-After` seconds.",
     "503": "The database is unavailable; retry after `Retry-After` seconds.",
 }
 
@@ -110,7 +125,7 @@ def _document_errors(route: APIRoute, path: str, operation: dict[str, Any]) -> N
     responses: dict[str, Any] = operation.setdefault("responses", {})
     added = set()
     if _depends_on(route.dependant, get_caller):
-        added |= {"401", "403"}
+        added |= {"401", "403", "429"}
     if _depends_on(route.dependant, get_admin):
         added |= {"401", "403"}
         responses.setdefault(
@@ -135,6 +150,8 @@ def _document_errors(route: APIRoute, path: str, operation: dict[str, Any]) -> N
         response["content"] = {PROBLEM_JSON: {"schema": {"$ref": f"#/components/schemas/{schema}"}}}
         if status == "503":
             response.setdefault("headers", {}).update(RETRY_AFTER)
+        if status == "429":
+            response.setdefault("headers", {}).update({**RETRY_AFTER, **RATE_LIMIT_FIELDS})
 
 
 def _depends_on(dependant: Dependant, call: Callable[..., Any]) -> bool:

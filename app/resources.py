@@ -13,6 +13,7 @@ from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.clients.keys import KEYS_CHANNEL, KeyCache
+from app.clients.ratelimit import RateLimiter
 from app.clients.seeding import seed
 from app.db import create_engine, create_pool, create_sessionmaker
 from app.evolink.client import EvoLinkClient, build_http_client
@@ -35,6 +36,8 @@ class Resources:
     api_keys: KeyCache
     admin_keys: AdminKeys
     storage: ResultStorage
+    # Counts limited clients' requests (the API's edge; unused in a worker).
+    rate_limits: RateLimiter
     # Result downloads get their own client: other hosts, other limits than the provider API.
     download_http: httpx.AsyncClient
     # Only the API listens for task changes (for `Prefer: wait`); workers only notify.
@@ -111,6 +114,7 @@ async def open_resources(settings: Settings, *, listen: bool = False) -> AsyncIt
             storage=ResultStorage(settings.storage_url),
             download_http=download_http,
             waiter=waiter,
+            rate_limits=RateLimiter(pool),
         )
     finally:
         if waiter is not None:

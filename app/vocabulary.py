@@ -25,6 +25,9 @@ class TaskStatus(StrEnum):
 TERMINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 IN_FLIGHT = frozenset(status for status in TaskStatus if status not in TERMINAL)
 
+# What counts against a client's `max_in_flight`: claimed for sending, or with the provider.
+HOLDING_A_SLOT = frozenset({TaskStatus.SUBMITTING, TaskStatus.PENDING, TaskStatus.PROCESSING})
+
 # A status may only be replaced by one of higher rank; terminal statuses share the top rank,
 # so nothing ever replaces them.
 RANK = {

@@ -45,15 +45,18 @@ async def notify_keys_changed(session: AsyncSession) -> None:
 
 @dataclass(frozen=True, slots=True)
 class KeyEntry:
-    """What a valid key stands for: its id, its client, and whether that client is active."""
+    """What a valid key stands for: its id, its client, whether that client is active, and
+    its requests a minute (None: no limit), so that an unlimited client's request costs no
+    statement to count."""
 
     key_id: uuid.UUID
     client: str
     active: bool
+    requests_per_minute: int | None = None
 
 
 _LOAD = (
-    "SELECT k.hash, k.id, k.client, c.status FROM api_keys k"
+    "SELECT k.hash, k.id, k.client, c.status, c.requests_per_minute FROM api_keys k"
     " JOIN clients c ON c.name = k.client WHERE k.revoked_at IS NULL"
 )
 _MARK_USED = "UPDATE api_keys SET last_used_at = clock_timestamp() WHERE id = ANY(%(ids)s)"
@@ -107,8 +110,8 @@ class KeyCache:
             cursor = await connection.execute(_LOAD)
             rows = await cursor.fetchall()
         self._entries = {
-            bytes(digest): KeyEntry(key_id, client, status == ClientStatus.ACTIVE)
-            for digest, key_id, client, status in rows
+            bytes(digest): KeyEntry(key_id, client, status == ClientStatus.ACTIVE, per_minute)
+            for digest, key_id, client, status, per_minute in rows
         }
         self.loaded = True
 

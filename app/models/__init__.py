@@ -1,6 +1,6 @@
 """The ORM models; importing this package registers every table on `Base.metadata`."""
 
-from app.models.client import ApiKey, Client, ClientSpend
+from app.models.client import ApiKey, Client, ClientSpend, RateLimitWindow
 from app.models.task import Task, TaskEvent, TaskResult
 from app.models.webhook import (
     WebhookAttempt,
@@ -13,6 +13,7 @@ __all__ = [
     "ApiKey",
     "Client",
     "ClientSpend",
+    "RateLimitWindow",
     "Task",
     "TaskEvent",
     "TaskResult",

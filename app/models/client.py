@@ -1,4 +1,5 @@
-"""Who may call the API: clients, with their status and limits, and their API keys.
+"""Who may call the API: clients, with their status and limits, and their API keys; and the
+window in which a rate-limited client's requests are counted.
 
 A client's `name` is what `tasks.client` and the webhook tables hold. Its limits are stored
 and validated here; null means "no limit". A key is kept only as the SHA-256 digest of the
@@ -127,4 +128,25 @@ class ClientSpend(Base):
         CheckConstraint(_one_of("period", BudgetPeriod), name="period"),
         CheckConstraint("reserved >= 0", name="reserved"),
         CheckConstraint("charged >= 0", name="charged"),
+    )
+
+
+class RateLimitWindow(Base):
+    """A rate-limited client's current window: when it began and the requests counted in it
+    (written only by `app.clients.ratelimit.COUNT`).
+
+    UNLOGGED: a counter written on every request of a limited client needs no WAL, and
+    after a crash of Postgres it comes back empty, which only gives every client a fresh
+    window. No foreign key: a window outlives nothing worth keeping.
+    """
+
+    __tablename__ = "rate_limit_windows"
+
+    client: Mapped[str] = mapped_column(Text, primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (
+        CheckConstraint("used >= 1", name="used"),
+        {"prefixes": ["UNLOGGED"]},
     )

@@ -108,6 +108,11 @@ class Task(Base):
     spend_id: Mapped[int | None] = mapped_column(
         BigInteger, ForeignKey("client_spend.id", ondelete="SET NULL")
     )
+    # Since when a queued task waits, without a job, for a slot of its client's
+    # `max_in_flight` (app.tasks.dispatch); None: it has a job, or is past queued.
+    parked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When the task was last claimed for sending (moved to `submitting`); None: never.
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
         CheckConstraint(_one_of("status", TaskStatus), name="status"),
@@ -141,6 +146,27 @@ class Task(Base):
             "cancel_at",
             postgresql_where=text(
                 f"status = '{TaskStatus.QUEUED.value}' AND cancel_at IS NOT NULL"
+            ),
+        ),
+        # The oldest parked tasks of a client, for the dispatcher (app.tasks.dispatch).
+        Index(
+            "ix_tasks_parked",
+            "client",
+            "created_at",
+            "id",
+            postgresql_where=text(
+                f"status = '{TaskStatus.QUEUED.value}' AND parked_at IS NOT NULL"
+            ),
+        ),
+        # Queued tasks whose job has yet to make their first claim: a limited client's
+        # newer task waits behind them, so that its tasks are sent oldest first.
+        Index(
+            "ix_tasks_unclaimed",
+            "client",
+            "created_at",
+            "id",
+            postgresql_where=text(
+                f"status = '{TaskStatus.QUEUED.value}' AND claimed_at IS NULL AND parked_at IS NULL"
             ),
         ),
         Index(

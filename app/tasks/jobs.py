@@ -13,8 +13,17 @@ import uuid
 import procrastinate
 import structlog
 
-from app.jobs import PRUNE, RECONCILE, SUBMIT_TASK, SWEEP, JobRetry, RetryLater, resources_of
-from app.tasks import reconcile, submission, sweep
+from app.jobs import (
+    DISPATCH_PARKED,
+    PRUNE,
+    RECONCILE,
+    SUBMIT_TASK,
+    SWEEP,
+    JobRetry,
+    RetryLater,
+    resources_of,
+)
+from app.tasks import dispatch, reconcile, submission, sweep
 
 
 async def submit_task_job(context: procrastinate.JobContext, task_id: str) -> None:
@@ -34,6 +43,11 @@ async def submit_task_job(context: procrastinate.JobContext, task_id: str) -> No
     )
     if delay is not None:
         raise RetryLater("the provider created nothing; trying again", delay)
+
+
+async def dispatch_parked_job(context: procrastinate.JobContext, timestamp: int = 0) -> None:
+    """Woken (no arguments) or periodic (its timestamp): give parked tasks their jobs."""
+    await dispatch.dispatch_parked(resources_of(context).sessions)
 
 
 async def reconcile_job(context: procrastinate.JobContext, timestamp: int) -> None:
@@ -72,4 +86,14 @@ def blueprint() -> procrastinate.Blueprint:
     ):
         task = jobs.task(name=name, pass_context=True, queueing_lock=name)(function)
         jobs.periodic(cron=cron)(task)
+    # Woken by the database (edithook_wake_dispatcher_v1, with the same locks) and run every
+    # 5 s; one at a time, at most one waiting, ahead of other due jobs (priority 1).
+    dispatcher = jobs.task(
+        name=DISPATCH_PARKED,
+        pass_context=True,
+        queueing_lock=DISPATCH_PARKED,
+        lock=DISPATCH_PARKED,
+        priority=1,
+    )(dispatch_parked_job)
+    jobs.periodic(cron="* * * * * */5")(dispatcher)
     return jobs

@@ -21,8 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.budgets.spend import reserve
 from app.errors import BadRequest, Conflict, NotFound
-from app.jobs import SUBMIT_TASK, enqueue
 from app.models import Task, TaskEvent, TaskResult
+from app.tasks.dispatch import parked_if_limited, start_submission
 from app.tasks.schemas import TaskCreate
 from app.vocabulary import TERMINAL, EventKind, EventOutcome, ResultStatus, TaskStatus
 
@@ -138,6 +138,7 @@ async def create_task(
             if body.cancel_after_seconds is None
             else func.now() + timedelta(seconds=body.cancel_after_seconds)
         ),
+        "parked_at": parked_if_limited(client),
     }
     statement = insert(Task).values(values)
     if idempotency_key is not None:
@@ -149,8 +150,9 @@ async def create_task(
     task = (await session.execute(statement.returning(Task))).scalar_one_or_none()
     if task is not None:
         await reserve(session, client, task.id, body.n, task.created_at)
-        # The submission job commits with the task: no stored task is left without one.
-        await enqueue(session, SUBMIT_TASK, {"task_id": str(task.id)})
+        # The submission job (or, for a limited client, the dispatcher's wake-up) commits
+        # with the task: no stored task is left without a way to be sent.
+        await start_submission(session, task)
         session.add(
             TaskEvent(
                 task_id=task.id,

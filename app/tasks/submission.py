@@ -5,6 +5,10 @@ did not act on it (a refused connection, 429, 5xx). When the outcome is unknown 
 went out and no answer came back — the task stays `submitting` and is never sent again: its
 callback, whose URL names our task, or the reconciler's time limit settles it.
 
+The claim is also where a client's `max_in_flight` holds: a task of a client with no slot
+free is parked instead (left queued without a job) until the dispatcher hands it a job
+(`app.tasks.dispatch`).
+
 The claim is the line a cancel cannot cross: it takes only a task still `queued` and not
 past its `cancel_at`, under the same row lock as a cancel's guarded write, so a task is
 either claimed (and then goes on, since EvoLink cannot cancel) or cancelled, never both.
@@ -68,31 +72,37 @@ def backoff(attempt: int) -> float:
     return min(MAX_BACKOFF_SECONDS, float(2**attempt))
 
 
-# Move a queued task to `submitting`, or nothing if it is not queued (someone else has it,
-# or a cancel) or past its `cancel_at`: the conditional update is what makes submission
-# at-most-once across every worker, and exclusive with a cancel.
-CLAIM = """
-UPDATE tasks SET status = %(submitting)s, updated_at = now()
-WHERE id = %(task_id)s AND status = %(queued)s
-  AND (cancel_at IS NULL OR cancel_at > now())
-RETURNING request
-"""
+# Move a queued task to `submitting` (`claimed`, with its stored request), or nothing if it
+# is not queued (someone else has it, or a cancel) or past its `cancel_at` (`not_queued`):
+# the conditional update is what makes submission at-most-once across every worker, and
+# exclusive with a cancel. A task whose client has `max_in_flight` is claimed only while the
+# client holds fewer tasks in flight and no older task of its waits for its first claim;
+# otherwise it is `parked`: left queued without a job, for the dispatcher
+# (`app.tasks.dispatch`). The rule is the SQL function's, kept once in the database: under
+# a per-client lock, it counts what every earlier claim committed.
+CLAIM = "SELECT outcome, request FROM edithook_claim_task_v1(%(task_id)s)"
+
+CLAIMED, PARKED = "claimed", "parked"
+
+
+async def claim_or_park(
+    pool: AsyncConnectionPool, task_id: uuid.UUID
+) -> tuple[str, dict[str, Any] | None]:
+    """The claim's outcome (`claimed`, `parked`, `not_queued`) and, when claimed, the stored
+    request. Raises DirectUnavailable when the pool cannot run it: the job is then retried,
+    and nothing was sent."""
+    row = await fetch_one(pool, CLAIM, {"task_id": task_id})
+    assert row is not None  # the function answers one row
+    outcome: str = row[0]
+    request: dict[str, Any] | None = row[1]
+    return outcome, request
 
 
 async def claim(pool: AsyncConnectionPool, task_id: uuid.UUID) -> dict[str, Any] | None:
     """Claim a queued task for submission and return its stored request; None if it is not
-    queued, or past its `cancel_at`. Raises DirectUnavailable when the pool cannot run it:
-    the job is then retried, and nothing was sent."""
-    params = {
-        "task_id": task_id,
-        "queued": TaskStatus.QUEUED.value,
-        "submitting": TaskStatus.SUBMITTING.value,
-    }
-    row = await fetch_one(pool, CLAIM, params)
-    if row is None:
-        return None
-    request: dict[str, Any] = row[0]
-    return request
+    queued, past its `cancel_at`, or parked for want of a slot (see `claim_or_park`)."""
+    outcome, request = await claim_or_park(pool, task_id)
+    return request if outcome == CLAIMED else None
 
 
 async def submit_task(
@@ -114,7 +124,11 @@ async def submit_task(
     otherwise. The claim and each record are statements of their own (on `pool`, or
     through `sessions` when it cannot run them); nothing is held across the create.
     """
-    stored = await claim(pool, task_id)
+    outcome, stored = await claim_or_park(pool, task_id)
+    if outcome == PARKED:
+        # Its client has no slot free: the dispatcher gives it a job when one frees.
+        logger.info("task %s parked: its client's max_in_flight is reached", task_id)
+        return None
     if stored is None:
         # Not queued (nothing to do), or past its cancel_at: then it is cancelled now.
         await cancel_if_overdue(pool, sessions, task_id)

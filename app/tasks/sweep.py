@@ -2,6 +2,8 @@
 
 Jobs are enqueued in the transaction that needs them, so the sweeper is a second line: it
 catches a job that failed for good, one lost with a crashed worker, or data written by hand.
+A parked task (waiting for a slot of its client's `max_in_flight`) has no job by design:
+the dispatcher, not the sweeper, gives it one (`app.tasks.dispatch`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ PRUNE_BATCH = 5000
 STUCK_SUBMISSIONS = text(f"""
     SELECT t.id FROM tasks t
     WHERE t.status = '{TaskStatus.QUEUED.value}' AND t.updated_at < :cutoff
+      AND t.parked_at IS NULL
       AND NOT EXISTS (
         SELECT 1 FROM procrastinate_jobs j
         WHERE j.task_name = :job AND j.status IN ('todo', 'doing')

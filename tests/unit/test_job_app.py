@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from app.jobs import (
     DELIVER_WEBHOOK,
+    DISPATCH_PARKED,
     PRUNE,
     RECONCILE,
     RECOVER_WEBHOOKS,
@@ -24,6 +25,7 @@ def test_every_job_runs_under_the_name_the_database_stores() -> None:
     ours = {name for name in job_app.tasks if "procrastinate." not in name}
     assert ours == {
         SUBMIT_TASK,
+        DISPATCH_PARKED,
         STORE_RESULTS,
         RECONCILE,
         SWEEP,
@@ -33,7 +35,7 @@ def test_every_job_runs_under_the_name_the_database_stores() -> None:
         SWEEP_WEBHOOKS,
     }
     periodic = {task.task.name for task in job_app.periodic_registry.periodic_tasks.values()}
-    assert periodic == {RECONCILE, SWEEP, PRUNE, SWEEP_WEBHOOKS}
+    assert periodic == {RECONCILE, SWEEP, PRUNE, SWEEP_WEBHOOKS, DISPATCH_PARKED}
 
 
 def test_two_apps_in_one_process_keep_their_own_jobs() -> None:

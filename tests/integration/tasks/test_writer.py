@@ -467,14 +467,14 @@ async def test_an_exhausted_pool_says_unavailable_instead_of_waiting(db: Databas
 async def test_the_direct_pool_plans_each_statement_once(db: Database) -> None:
     """A pooled connection prepares the claim on its first execution and reuses one generic
     plan: planning the statements costs more than running them."""
-    params = {"task_id": uuid.uuid4(), "queued": "queued", "submitting": "submitting"}
+    params = {"task_id": uuid.uuid4()}
     async with db.pool.connection() as connection:
         for _ in range(3):
             await connection.execute(CLAIM, params)
         cursor = await connection.execute(
             "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
             " WHERE strpos(statement, %(claim)s) > 0",
-            {"claim": "UPDATE tasks SET status = $"},
+            {"claim": "edithook_claim_task_v1($"},
         )
         assert await cursor.fetchall() == [(3, 0)]
 
