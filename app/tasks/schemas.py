@@ -77,10 +77,27 @@ METADATA_SCHEMA: dict[str, Any] = {
     "propertyNames": {"pattern": "^[A-Za-z0-9_.\\-]{1,64}$"},
     "additionalProperties": {"type": "string", "maxLength": METADATA_VALUE_MAX, "pattern": NO_NUL},
 }
-# `size` only with one image: JSON Schema's if/then.
+UPLOAD_ID_SCHEMA: dict[str, Any] = {"format": "upload-id"}
+
+
+def _images_in_all(ids: int) -> dict[str, Any]:
+    # With `ids` uploads named, at most 3 - ids URLs.
+    return {
+        "if": {"properties": {"image_ids": {"minItems": ids}}, "required": ["image_ids"]},
+        "then": {"properties": {"image_urls": {"maxItems": IMAGE_URLS_MAX - ids}}},
+    }
+
+
+# `size` only with one image, and one to three images between `image_urls` and `image_ids`:
+# JSON Schema's if/then and anyOf.
 TASK_CREATE_SCHEMA: dict[str, Any] = {
     "if": {"properties": {"size": {"type": "string"}}, "required": ["size"]},
     "then": {"properties": {"n": {"const": 1}}},
+    "anyOf": [
+        {"properties": {"image_urls": {"minItems": 1}}, "required": ["image_urls"]},
+        {"properties": {"image_ids": {"minItems": 1}}, "required": ["image_ids"]},
+    ],
+    "allOf": [_images_in_all(ids) for ids in range(1, IMAGE_URLS_MAX + 1)],
 }
 
 EXAMPLE_CREATE: dict[str, Any] = {
@@ -145,7 +162,7 @@ class TaskCreate(BaseModel):
         json_schema_extra=PROMPT_SCHEMA,
     )
     # Declared before `image_urls`, whose check counts both: pydantic validates in this order.
-    image_ids: list[uuid.UUID] = Field(
+    image_ids: list[Annotated[uuid.UUID, Field(json_schema_extra=UPLOAD_ID_SCHEMA)]] = Field(
         default_factory=list,
         max_length=IMAGE_URLS_MAX,
         description=(

@@ -83,8 +83,9 @@ async def _file_chunks(file: UploadFile) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def read_image_body(request: Request, limit: int) -> tuple[bytes, str | None]:
-    """The image bytes of an upload request and the type the caller declared for them."""
+async def read_image_body(request: Request, limit: int) -> tuple[bytes, str | None, str]:
+    """The image bytes of an upload request, the type the caller declared for them, and
+    where they were (`file` or `body`)."""
     media = _media_type(request.headers.get("content-type"))
     if media == "multipart/form-data":
         async with request.form(max_files=1, max_fields=8) as form:
@@ -100,12 +101,12 @@ async def read_image_body(request: Request, limit: int) -> tuple[bytes, str | No
                         }
                     ],
                 )
-            return await _bounded(_file_chunks(part), limit), part.content_type
+            return await _bounded(_file_chunks(part), limit), part.content_type, "file"
     if media.startswith("image/") or media == "application/octet-stream":
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise service.too_large(limit, int(declared))
-        return await _bounded(request.stream(), limit), media
+        return await _bounded(request.stream(), limit), media, "body"
     raise UnsupportedMediaType(
         "Send multipart/form-data with the image in the field `file`, or the image bytes "
         f"with its image Content-Type (got {media or 'none'})."
@@ -123,6 +124,7 @@ async def read_image_body(request: Request, limit: int) -> tuple[bytes, str | No
     ),
     openapi_extra=_REQUEST_BODY,
     responses={
+        400: {"description": "The multipart body cannot be read.", **PROBLEM},
         413: {"description": "Over the upload size limit.", **PROBLEM},
         415: {"description": "Not a PNG, JPEG or WebP image.", **PROBLEM},
         422: {"description": "Undecodable, or sides outside 384–3072 px.", **PROBLEM},
@@ -136,9 +138,9 @@ async def create_upload(
     response: Response,
 ) -> UploadRead:
     settings = resources.settings
-    data, declared = await read_image_body(request, settings.upload_max_bytes)
+    data, declared, field = await read_image_body(request, settings.upload_max_bytes)
     upload = await service.accept_upload(
-        session, resources.storage, caller, data, declared, settings=settings
+        session, resources.storage, caller, data, declared, settings=settings, field=field
     )
     response.headers["Location"] = f"{UPLOADS_PATH}/{upload.id}"
     return UploadRead.model_validate(upload, from_attributes=True)

@@ -54,6 +54,7 @@ async def accept_upload(
     declared_type: str | None,
     *,
     settings: Settings,
+    field: str = "file",
 ) -> Upload:
     """Judge `data` as an input image, store it, and record it as `client`'s upload.
 
@@ -61,17 +62,18 @@ async def accept_upload(
     for anything but PNG, JPEG or WebP, InvalidImage (422) for bytes that do not decode or
     whose sides are outside 384 to 3072 px, ServiceUnavailable (503) when storage fails.
     `declared_type` (the caller's Content-Type) only words a refusal; the bytes decide.
+    `field` names where the image was in the request, in a 422's `errors`.
     """
     if len(data) > settings.upload_max_bytes:
         raise too_large(settings.upload_max_bytes, len(data))
     if not data:
-        raise InvalidImage("The upload is empty.")
+        raise _invalid(field, "The upload is empty.", "empty")
     try:
         info = await asyncio.to_thread(inspect_image, data, declared_type)
     except ImageRefused as exc:
         if exc.kind == Refusal.TYPE:
             raise UnsupportedMediaType(exc.message) from None
-        raise InvalidImage(exc.message) from None
+        raise _invalid(field, exc.message, exc.kind.value) from None
     upload_id = uuid.uuid4()
     key = storage_key(upload_id, info.extension)
     try:
@@ -94,6 +96,10 @@ async def accept_upload(
         .returning(Upload)
     )
     return (await session.execute(statement)).scalar_one()
+
+
+def _invalid(field: str, message: str, code: str) -> InvalidImage:
+    return InvalidImage(message, errors=[{"field": field, "message": message, "code": code}])
 
 
 async def get_upload(session: AsyncSession, client: str, upload_id: uuid.UUID) -> Upload:

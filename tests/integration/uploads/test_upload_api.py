@@ -86,7 +86,9 @@ async def test_a_truncated_png_is_refused_as_undecodable(api: httpx.AsyncClient)
     response = await api.post(
         "/v1/uploads", content=truncated_png(), headers={"Content-Type": "image/png"}
     )
-    assert "truncated or corrupt" in str(_problem(response, 422, "invalid-image")["detail"])
+    body = _problem(response, 422, "invalid-image")
+    assert "truncated or corrupt" in str(body["detail"])
+    assert body["errors"] == [{"field": "body", "message": body["detail"], "code": "undecodable"}]
 
 
 @pytest.mark.parametrize(("width", "height"), [(200, 800), (512, 3100)])
