@@ -38,9 +38,10 @@ class ResultStorage:
     """Puts, reads, deletes and signs objects by key: results (`tasks/<task id>/<index>.<ext>`)
     and uploads (`uploads/<upload id>.<ext>`)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, store: ObjectStore | None = None) -> None:
+        """The store for `url`, or `store` as given (one configured in code)."""
         self.url = url
-        self._store = store_for(url)
+        self._store = store if store is not None else store_for(url)
 
     @staticmethod
     def key_for(task_id: object, index: int, extension: str) -> str:
