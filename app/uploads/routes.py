@@ -56,6 +56,7 @@ _REQUEST_BODY: dict[str, Any] = {
                     "type": "object",
                     "properties": {"file": {"type": "string", "format": "binary"}},
                     "required": ["file"],
+                    "additionalProperties": False,
                 }
             },
             **{kind: {"schema": {"type": "string", "format": "binary"}} for kind in RAW_TYPES},
