@@ -38,6 +38,7 @@ PRUNE = "prune"
 DELIVER_WEBHOOK = "deliver_webhook"
 RECOVER_WEBHOOKS = "recover_webhooks"
 SWEEP_WEBHOOKS = "sweep_webhooks"
+PRUNE_UPLOADS = "prune_uploads"
 
 # Webhook deliveries yield to the task pipeline wherever they share a worker with it (jobs
 # deferred to the default queue before deliveries had their own): procrastinate fetches the

@@ -2,6 +2,7 @@
 
 from app.models.client import ApiKey, Client, ClientSpend, RateLimitWindow
 from app.models.task import Task, TaskEvent, TaskResult
+from app.models.upload import Upload
 from app.models.webhook import (
     WebhookAttempt,
     WebhookClientSecret,
@@ -17,6 +18,7 @@ __all__ = [
     "Task",
     "TaskEvent",
     "TaskResult",
+    "Upload",
     "WebhookAttempt",
     "WebhookClientSecret",
     "WebhookEndpoint",
