@@ -150,16 +150,21 @@ async def rotate_client_secret(session: AsyncSession, client: str) -> str:
 async def with_attempts(
     session: AsyncSession, messages: list[Message]
 ) -> list[tuple[Message, list[WebhookAttempt]]]:
-    """Each message with its attempts, oldest first (one query for all)."""
+    """Each message with its attempts, oldest first, as of one moment: the messages are read
+    again in the statement that reads their attempts (an attempt and the message's change
+    commit together, and each statement of a transaction sees its own moment)."""
     attempts: dict[uuid.UUID, list[WebhookAttempt]] = defaultdict(list)
     if messages:
-        rows = await session.scalars(
-            select(WebhookAttempt)
-            .where(WebhookAttempt.message_id.in_([m.id for m in messages]))
+        rows = await session.execute(
+            select(Message, WebhookAttempt)
+            .outerjoin(WebhookAttempt, WebhookAttempt.message_id == Message.id)
+            .where(Message.id.in_([m.id for m in messages]))
             .order_by(WebhookAttempt.id)
+            .execution_options(populate_existing=True)
         )
-        for attempt in rows:
-            attempts[attempt.message_id].append(attempt)
+        for _, attempt in rows:
+            if attempt is not None:
+                attempts[attempt.message_id].append(attempt)
     return [(message, attempts[message.id]) for message in messages]
 
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import text
+import psycopg
+from sqlalchemy import event, text
 from standardwebhooks import Webhook
 
 from app.db import transaction
 from app.servers import bind, start_server
+from app.webhooks.service import task_messages
 from app.webhooks.signing import new_secret
 from tests.conftest import Caller, Service
 from tests.helpers import create_task
@@ -262,3 +265,59 @@ async def test_a_url_refused_at_connect_time_is_never_connected_to(
     [attempt, *_] = message["attempts"]
     assert attempt["status_code"] is None
     assert attempt["error"].startswith("the URL is refused")
+
+
+async def test_a_message_and_its_attempts_are_read_at_one_moment(
+    hooks_api: httpx.AsyncClient,
+    receiver: Receiver,
+    webhook_service: Service,
+    hooks_caller: Caller,
+) -> None:
+    """An attempt recorded while the log is being read shows both in the message (its next
+    attempt, its count) and in its attempts, or in neither: never an attempt whose message
+    does not know it yet."""
+    endpoint = await register(hooks_api, receiver.url + "/read", event_types=["task.failed"])
+    task = await create_task(hooks_api, prompt="[sim:hold] edit")
+    message_id = uuid.uuid4()
+    sessions = webhook_service.resources.sessions
+    async with transaction(sessions) as session:
+        await session.execute(
+            text(
+                "INSERT INTO webhook_messages (id, task_id, client, type, endpoint_id,"
+                " next_attempt_at) VALUES (:id, :task, :client, 'task.failed', :endpoint,"
+                " now() + interval '1 hour')"
+            ),
+            {
+                "id": message_id,
+                "task": task["id"],
+                "client": hooks_caller.name,
+                "endpoint": endpoint["id"],
+            },
+        )
+    database_url = webhook_service.settings.database_url
+    recorded = False
+
+    def record_an_attempt_first(*args: Any) -> None:
+        """Before the log reads attempts, an attempt commits, as a worker's would."""
+        nonlocal recorded
+        statement = args[2]
+        if recorded or "webhook_attempts" not in statement:
+            return
+        recorded = True
+        with psycopg.connect(database_url, autocommit=True) as other:
+            other.execute(
+                "WITH m AS (UPDATE webhook_messages SET round_attempts = 1 WHERE id = %s"
+                " RETURNING id) INSERT INTO webhook_attempts (message_id, url, attempted_at,"
+                " status_code, latency_ms, outcome)"
+                " SELECT m.id, 'https://r.example.com/', now(), 500, 3, 'retrying' FROM m",
+                (message_id,),
+            )
+
+    async with transaction(sessions) as session:
+        connection = await session.connection()
+        event.listen(connection.sync_connection, "before_cursor_execute", record_an_attempt_first)
+        [(message, attempts)] = await task_messages(
+            session, hooks_caller.name, uuid.UUID(task["id"])
+        )
+    assert recorded
+    assert (message.round_attempts, len(attempts)) in {(0, 0), (1, 1)}
