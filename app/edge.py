@@ -9,19 +9,26 @@ route's dependencies: a check made there comes after the body has arrived. Here:
   (`/v1/admin/`) must carry an admin key;
 - the body is limited while it streams: a declared `Content-Length` over the route's limit
   fails the first read at once, a streamed body fails the read that passes the limit (both
-  raise `BodyTooLarge`, answered 413); the receiver catches it to record the attempt;
+  raise `BodyTooLarge`, answered 413); the receiver catches it to record the attempt. The
+  limit is the REST API's, the callback receiver's, or one of a path's own (`body_limits`:
+  `POST /v1/images/edits` takes up to three images);
 - an error nothing else handled is answered here with a 500 problem and one log line, rather
   than by Starlette's outermost handler, which re-raises it for the server to print with its
   traceback (and with it the SQL parameters of a failed statement).
 
 It also starts each request with empty logging context, so that no request's client or task
-is carried into another's log lines.
+is carried into another's log lines. Under a prefix of `renderers` (the OpenAI-compatible
+route), its refusals and its 500 are rendered by that prefix's function instead of as
+problem details.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 import structlog
 from starlette.datastructures import Headers
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.deps import authenticate, authenticate_admin
@@ -36,10 +43,26 @@ ADMIN_PREFIX = "/v1/admin/"
 class RequestEdge:
     """Checks the key before a body is read, bounds the body, and answers what escapes."""
 
-    def __init__(self, app: ASGIApp, *, rest_limit: int, callback_limit: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        rest_limit: int,
+        callback_limit: int,
+        body_limits: Mapping[str, int] | None = None,
+        renderers: Mapping[str, Callable[[ProblemError], Response]] | None = None,
+    ) -> None:
         self.app = app
         self.rest_limit = rest_limit
         self.callback_limit = callback_limit
+        self.body_limits = dict(body_limits or {})
+        self.renderers = dict(renderers or {})
+
+    def _renderer(self, path: str) -> Callable[[ProblemError], Response] | None:
+        for prefix, render in self.renderers.items():
+            if path.startswith(prefix):
+                return render
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -59,14 +82,19 @@ class RequestEdge:
                 else:
                     authenticate(resources.api_keys, headers.get("authorization"))
             except ProblemError as exc:
-                response = problem(
-                    exc.status, slug=exc.slug, title=exc.title, detail=exc.detail,
-                    headers=exc.headers,
+                render = self._renderer(path)
+                response = (
+                    render(exc)
+                    if render is not None
+                    else problem(
+                        exc.status, slug=exc.slug, title=exc.title, detail=exc.detail,
+                        headers=exc.headers,
+                    )
                 )  # fmt: skip
                 await response(scope, receive, send)
                 return
 
-        limit = self.callback_limit if callback else self.rest_limit
+        limit = self.body_limits.get(path, self.callback_limit if callback else self.rest_limit)
         seen = 0
 
         async def limited() -> Message:
@@ -92,6 +120,9 @@ class RequestEdge:
             await self.app(scope, limited, watched)
         except Exception as exc:
             response = unexpected(scope, exc)
+            render = self._renderer(path)
+            if render is not None:
+                response = render(ProblemError("An unexpected error occurred; it has been logged."))
             if not started:
                 await response(scope, receive, send)
             # With the answer under way there is nothing to send: the server closes the
