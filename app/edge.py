@@ -7,11 +7,11 @@ route's dependencies: a check made there comes after the body has arrived. Here:
   token is in its path and checked by its route) must carry a valid key, or is answered 401
   (403 for a disabled client's) without a byte of its body read; one to the admin API
   (`/v1/admin/`) must carry an admin key;
-- the body is limited while it streams: a declared `Content-Length` over the route's limit
-  fails the first read at once, a streamed body fails the read that passes the limit (both
-  raise `BodyTooLarge`, answered 413); the receiver catches it to record the attempt. The
-  limit is the REST API's, the callback receiver's, or one of a path's own (`body_limits`:
-  `POST /v1/images/edits` takes up to three images);
+- the body is limited while it streams (`rest_limit`, or the limit `body_limits` names for
+  its exact path, such as uploads' one image and `POST /v1/images/edits`' three): a declared
+  `Content-Length` over the route's limit fails the first read at once, a streamed body fails
+  the read that passes the limit (both raise `BodyTooLarge`, answered 413); the receiver
+  catches it to record the attempt;
 - an error nothing else handled is answered here with a 500 problem and one log line, rather
   than by Starlette's outermost handler, which re-raises it for the server to print with its
   traceback (and with it the SQL parameters of a failed statement).
@@ -94,7 +94,7 @@ class RequestEdge:
                 await response(scope, receive, send)
                 return
 
-        limit = self.body_limits.get(path, self.callback_limit if callback else self.rest_limit)
+        limit = self.callback_limit if callback else self.body_limits.get(path, self.rest_limit)
         seen = 0
 
         async def limited() -> Message:

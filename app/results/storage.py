@@ -1,13 +1,15 @@
-"""Where result images live: a local folder by default, S3, GCS or Azure in production."""
+"""Where result images and uploaded input images live: a local folder by default, S3, GCS or
+Azure in production."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import obstore
-from obstore.store import ObjectStore, from_url
+from obstore.store import AzureStore, GCSStore, ObjectStore, S3Store, from_url
 
 
 class StorageError(Exception):
@@ -33,7 +35,8 @@ def store_for(url: str) -> ObjectStore:
 
 
 class ResultStorage:
-    """Puts and reads result objects by key (`tasks/<task id>/<index>.<ext>`)."""
+    """Puts, reads, deletes and signs objects by key: results (`tasks/<task id>/<index>.<ext>`)
+    and uploads (`uploads/<upload id>.<ext>`)."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -59,3 +62,27 @@ class ResultStorage:
             raise StorageError(f"could not read {key}: {type(exc).__name__}: {exc}") from exc
         async for chunk in result.stream():
             yield bytes(chunk)
+
+    async def delete(self, key: str) -> None:
+        """Delete the object; one already gone is not an error."""
+        try:
+            await obstore.delete_async(self._store, key)
+        except FileNotFoundError:
+            return
+        except Exception as exc:
+            raise StorageError(f"could not delete {key}: {type(exc).__name__}: {exc}") from exc
+
+    @property
+    def can_sign(self) -> bool:
+        """True for S3, GCS and Azure, which hand out presigned GETs themselves."""
+        return isinstance(self._store, S3Store | GCSStore | AzureStore)
+
+    async def signed_get(self, key: str, ttl_seconds: int) -> str:
+        """A presigned GET of the object, valid `ttl_seconds`; only when `can_sign`."""
+        store = self._store
+        if not isinstance(store, S3Store | GCSStore | AzureStore):
+            raise StorageError(f"{self.url} cannot sign links", retryable=False)
+        try:
+            return await obstore.sign_async(store, "GET", key, timedelta(seconds=ttl_seconds))
+        except Exception as exc:
+            raise StorageError(f"could not sign {key}: {type(exc).__name__}: {exc}") from exc
