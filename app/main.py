@@ -23,6 +23,7 @@ from app.openai.routes import EDITS_PATH, OPENAI_PREFIX
 from app.openai.routes import router as openai_router
 from app.openapi import install_openapi
 from app.resources import Resources, open_resources
+from app.results.routes import links_router as result_links_router
 from app.results.routes import router as results_router
 from app.settings import Settings
 from app.tasks.routes import router as tasks_router
@@ -101,6 +102,7 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
     app.include_router(callbacks_router)
     app.include_router(tasks_router)
     app.include_router(results_router)
+    app.include_router(result_links_router)
     app.include_router(uploads_router)
     app.include_router(openai_router)
     app.include_router(webhooks_router)

@@ -17,7 +17,7 @@ failed for its content, was cancelled, or whose results were lost.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import Request, Response
@@ -158,7 +158,7 @@ def from_http(exc: StarletteHTTPException) -> OpenAIError:
 class OpenAIRoute(APIRoute):
     """A route whose every error leaves in OpenAI's shape (see the module's doc)."""
 
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def handle(request: Request) -> Response:

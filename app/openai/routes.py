@@ -85,7 +85,7 @@ FormText = Annotated[str | None, Form()]
         f"`prompt`, `model` (absent or `{MODEL}`), `n`, `size` (`WxH` or `auto`), "
         "`response_format` (`url` or `b64_json`), `user` (kept in the task's metadata), and "
         "edithook's `negative_prompt`, `seed`, `watermark`, `prompt_extend`. The answer is "
-        "held until the task is settled. Errors are OpenAI's `{\"error\": {…}}`."
+        'held until the task is settled. Errors are OpenAI\'s `{"error": {…}}`.'
     ),
     response_model=ImagesResponse,
     response_model_exclude_none=True,
@@ -170,5 +170,9 @@ async def create_image_edit(
     async with transaction(resources.sessions) as session:
         results = await service.stored_results(session, caller, task.id)
     return await service.answer(
-        shared.view.task, results, response_format, storage=resources.storage, links=_links(resources)
+        shared.view.task,
+        results,
+        response_format,
+        storage=resources.storage,
+        links=_links(resources),
     )

@@ -31,10 +31,10 @@ from app.openai.schemas import (
 from app.results import service as results_service
 from app.results.links import ResultLinks
 from app.results.storage import ResultStorage, StorageError
+from app.settings import Settings
 from app.tasks.schemas import TaskCreate
 from app.tasks.service import TaskView
 from app.uploads.service import accept_upload
-from app.settings import Settings
 from app.vocabulary import ResultStatus, TaskStatus
 
 TASK_HEADER = "Edithook-Task-Id"
@@ -203,7 +203,9 @@ def timed_out(task: Task, seconds: float) -> OpenAIError:
     )
 
 
-async def stored_results(session: AsyncSession, client: str, task_id: uuid.UUID) -> list[TaskResult]:
+async def stored_results(
+    session: AsyncSession, client: str, task_id: uuid.UUID
+) -> list[TaskResult]:
     """The task's results that are in storage, by index."""
     results = await results_service.list_results(session, client, task_id)
     return [r for r in results if r.status == ResultStatus.STORED and r.storage_key is not None]

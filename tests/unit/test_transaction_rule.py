@@ -3,8 +3,9 @@
 Read from the source: the rule is about where sessions are opened, which no HTTP answer
 shows. Routes take `SessionDep`; only the named flows of `app.tasks.routes` and
 `app.openai.routes` open short transactions of their own (`app.db.transaction`), each module
-naming its flows in its docstring; nothing reads through a session it never began; the request services never commit, begin or open a session; the job bodies open
-theirs only through `app.db.transaction`.
+naming its flows in its docstring; nothing reads through a session it never began; the
+request services never commit, begin or open a session; the job bodies open theirs only
+through `app.db.transaction`.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-import random
+import os
 from collections.abc import AsyncIterator
 
 import openai
@@ -34,7 +34,7 @@ def jpeg(width: int = 640, height: int = 480) -> bytes:
 
 def noise_png(side: int) -> bytes:
     """A PNG of random pixels: it does not compress, so its size is about 3·side² bytes."""
-    pixels = random.Random(side).randbytes(side * side * 3)
+    pixels = os.urandom(side * side * 3)
     buffer = io.BytesIO()
     Image.frombytes("RGB", (side, side), pixels).save(buffer, format="PNG", compress_level=0)
     return buffer.getvalue()
@@ -42,7 +42,9 @@ def noise_png(side: int) -> bytes:
 
 def sdk(url: str, key: str, *, max_retries: int = 0) -> openai.AsyncOpenAI:
     """OpenAI's client as a caller configures it for edithook: the base URL and a key."""
-    return openai.AsyncOpenAI(api_key=key, base_url=f"{url}/v1", max_retries=max_retries, timeout=60)
+    return openai.AsyncOpenAI(
+        api_key=key, base_url=f"{url}/v1", max_retries=max_retries, timeout=60
+    )
 
 
 @pytest.fixture

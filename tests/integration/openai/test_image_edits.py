@@ -259,9 +259,7 @@ async def test_a_bare_multipart_request_with_edithooks_own_fields(
     assert (request["watermark"], request["prompt_extend"]) == (True, False)
 
 
-async def test_bare_refusals_are_json_in_openais_shape(
-    service: Service, caller: Caller
-) -> None:
+async def test_bare_refusals_are_json_in_openais_shape(service: Service, caller: Caller) -> None:
     """No key, a missing prompt, an unknown field: `{"error": {message, type, param, code}}`
     as application/json, never problem details."""
     image = [("image", ("photo.png", png(), "image/png"))]
@@ -337,7 +335,9 @@ async def test_a_tampered_or_expired_result_link_is_refused(
 
     def at(path: str, **changes: str) -> str:
         values = {**query, **changes}
-        return urlunsplit(parts._replace(path=path, query="&".join(f"{k}={v}" for k, v in values.items())))
+        return urlunsplit(
+            parts._replace(path=path, query="&".join(f"{k}={v}" for k, v in values.items()))
+        )
 
     other = parts.path.replace("/0/content", "/1/content")
     cases = {
