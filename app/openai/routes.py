@@ -48,8 +48,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         "the content (`code` `content_policy_violation`)."
     ),
     401: _error("No key, or a key that is not valid (`code` `invalid_api_key`)."),
+    402: _error("The client's budget does not cover the edit (`code` `insufficient_quota`)."),
     403: _error("The key's client is disabled."),
     413: _error("An image is over the upload limit, or the body over three of them."),
+    429: _error("Over the client's limits; retry after `Retry-After`."),
     500: _error("The task failed or was cancelled; `message` names it."),
     503: _error("The database or the storage is unavailable; retry."),
     504: _error(
