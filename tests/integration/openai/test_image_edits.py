@@ -191,6 +191,26 @@ async def test_a_task_that_fails_otherwise_is_a_500_naming_it(
     assert error.response.headers["edithook-task-id"] in error.message
 
 
+async def test_a_task_evolink_cancelled_is_a_500_the_sdk_does_not_retry(
+    service: Service, caller: Caller, api: httpx.AsyncClient
+) -> None:
+    """A cancelled task answers 500 `server_error` naming it, with `x-should-retry: false`:
+    the SDK, retries on, sends the edit once."""
+    before = await own_task_ids(api)
+    async with sdk(service.url, caller.key, max_retries=2) as retrying:
+        with pytest.raises(openai.InternalServerError) as cancelled:
+            await retrying.images.edit(
+                image=("photo.png", png(), "image/png"), prompt=f"{PROMPT} [sim:cancel]"
+            )
+    error = cancelled.value
+    assert (error.status_code, error.type) == (500, "server_error")
+    assert error.response.headers["x-should-retry"] == "false"
+    task_id = error.response.headers["edithook-task-id"]
+    assert task_id in error.message
+    assert await own_task_ids(api) == before | {task_id}
+    assert (await api.get(f"/v1/tasks/{task_id}")).json()["status"] == "cancelled"
+
+
 async def test_a_wait_that_runs_out_is_a_504_the_sdk_does_not_retry(
     short_replica: RunningServer, caller: Caller, api: httpx.AsyncClient, sim: httpx.AsyncClient
 ) -> None:
@@ -278,11 +298,25 @@ async def test_bare_refusals_are_json_in_openais_shape(service: Service, caller:
             files=image,
             data={"prompt": PROMPT, "stream": "true"},
         )
+        gif = await http.post(
+            "/v1/images/edits",
+            headers=caller.headers,
+            files=image,
+            data={"prompt": PROMPT, "response_format": "gif"},
+        )
+        long_user = await http.post(
+            "/v1/images/edits",
+            headers=caller.headers,
+            files=image,
+            data={"prompt": PROMPT, "user": "u" * 501},
+        )
     expected = {
         no_key: (401, None, "invalid_api_key"),
         no_prompt: (400, "prompt", "missing_required_parameter"),
         unknown: (400, "negative_promt", "unknown_parameter"),
         streamed: (400, "stream", "unsupported_value"),
+        gif: (400, "response_format", "invalid_value"),
+        long_user: (400, "user", "invalid_value"),
     }
     for answer, (status, param, code) in expected.items():
         assert answer.status_code == status, answer.text
