@@ -4,7 +4,7 @@ Azure in production."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -86,3 +86,13 @@ class ResultStorage:
             return await obstore.sign_async(store, "GET", key, timedelta(seconds=ttl_seconds))
         except Exception as exc:
             raise StorageError(f"could not sign {key}: {type(exc).__name__}: {exc}") from exc
+
+    async def keys_older_than(self, prefix: str, before: datetime) -> list[str]:
+        """The keys under `prefix` last written before `before`."""
+        found: list[str] = []
+        try:
+            async for batch in obstore.list(self._store, prefix=prefix):
+                found += [meta["path"] for meta in batch if meta["last_modified"] < before]
+        except Exception as exc:
+            raise StorageError(f"could not list {prefix}: {type(exc).__name__}: {exc}") from exc
+        return found

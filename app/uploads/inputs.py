@@ -26,6 +26,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import links
+from app.db import transaction
 from app.models import Upload
 from app.results.storage import ResultStorage
 from app.settings import Settings
@@ -102,7 +103,7 @@ class InputLinks:
 async def _kept(
     sessions: async_sessionmaker[AsyncSession], ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, Upload]:
-    async with sessions() as session:
+    async with transaction(sessions) as session:
         rows = await session.scalars(
             select(Upload).where(Upload.id.in_(set(ids)), Upload.expires_at > func.now())
         )
