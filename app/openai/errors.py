@@ -6,7 +6,8 @@ Callers of that route use OpenAI's SDK, which reads `{"error": {"message", "type
 
 `OpenAIRoute` is the route class of that router: whatever its handler raises — edithook's
 problems (a bad key, a budget), FastAPI's validation, a body over the limit, a database
-outage — leaves as an OpenAI error with the status OpenAI would use. The edge answers a bad
+outage, an error nothing expected (logged as everywhere, in one line) — leaves as an OpenAI
+error with the status OpenAI would use. The edge answers a bad
 key before the body is read; it renders that refusal with `render_problem` for this route.
 
 `x-should-retry: false` is set where a retry by the SDK (which by default retries 408, 409,
@@ -26,7 +27,13 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.errors import RETRY_AFTER_SECONDS, ProblemError, database_outage, outage
+from app.errors import (
+    RETRY_AFTER_SECONDS,
+    ProblemError,
+    database_outage,
+    outage,
+    unexpected,
+)
 
 logger = logging.getLogger("edithook.openai")
 
@@ -174,7 +181,15 @@ class OpenAIRoute(APIRoute):
                 return render(from_http(exc))
             except Exception as exc:
                 if not database_outage(exc):
-                    raise  # the edge logs it and answers 500 in this shape
+                    unexpected(request.scope, exc)  # its one log line; the answer is ours
+                    return render(
+                        OpenAIError(
+                            500,
+                            "An unexpected error occurred; it has been logged.",
+                            type=SERVER_ERROR,
+                            code="internal_error",
+                        )
+                    )
                 outage(request.scope, exc)  # its log line; the answer is ours
                 return render(
                     OpenAIError(
