@@ -145,7 +145,7 @@ async def create_image_edit(
         if file.size is not None and file.size > limit:
             raise OpenAIError(
                 413,
-                f"The image {file.filename or ''!s} is over the upload limit of {limit} bytes.",
+                f"The image {file.filename or ''!r} is over the upload limit of {limit} bytes.",
                 param="image",
                 code="payload_too_large",
             )
