@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
+from tests.conftest import Service
 from tests.images import encoded, truncated_png
 
 PROBLEM = "tag:edithook,2026:problem/"
@@ -116,3 +118,40 @@ async def test_another_clients_upload_is_not_found(
     )
     upload_id = response.json()["id"]
     assert (await beta_api.get(f"/v1/uploads/{upload_id}")).status_code == 404
+
+
+async def test_an_image_over_the_upload_limit_is_refused(
+    api: httpx.AsyncClient, service: Service
+) -> None:
+    """EDITHOOK_UPLOAD_MAX_BYTES holds for multipart, raw and streamed bodies alike: 413
+    naming the limit, before anything is decoded or stored."""
+    limit = service.settings.upload_max_bytes
+    over = b"\x89PNG\r\n\x1a\n" + bytes(limit)
+
+    multipart = await api.post("/v1/uploads", files={"file": ("big.png", over, "image/png")})
+    assert f"upload limit of {limit} bytes" in str(
+        _problem(multipart, 413, "payload-too-large")["detail"]
+    )
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(over), 1 << 20):
+            yield over[start : start + (1 << 20)]
+
+    streamed = await api.post(
+        "/v1/uploads", content=chunks(), headers={"Content-Type": "image/png"}
+    )
+    assert f"upload limit of {limit} bytes" in str(
+        _problem(streamed, 413, "payload-too-large")["detail"]
+    )
+
+    declared = await api.post("/v1/uploads", content=over, headers={"Content-Type": "image/png"})
+    _problem(declared, 413, "payload-too-large")
+
+
+async def test_only_the_upload_path_takes_bodies_that_large(api: httpx.AsyncClient) -> None:
+    """Elsewhere the client API's 1 MiB body limit still holds."""
+    body = b'{"prompt": "' + b"x" * (2 << 20) + b'"}'
+    response = await api.post(
+        "/v1/tasks", content=body, headers={"Content-Type": "application/json"}
+    )
+    _problem(response, 413, "payload-too-large")
