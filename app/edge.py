@@ -8,9 +8,10 @@ route's dependencies: a check made there comes after the body has arrived. Here:
   (403 for a disabled client's) without a byte of its body read; one to the admin API
   (`/v1/admin/`) must carry an admin key;
 - the body is limited while it streams (`rest_limit`, or the limit `body_limits` names for
-  its exact path, such as uploads'): a declared `Content-Length` over the route's limit
-  fails the first read at once, a streamed body fails the read that passes the limit (both
-  raise `BodyTooLarge`, answered 413); the receiver catches it to record the attempt;
+  its exact path, such as uploads' one image and `POST /v1/images/edits`' three): a declared
+  `Content-Length` over the route's limit fails the first read at once, a streamed body fails
+  the read that passes the limit (both raise `BodyTooLarge`, answered 413); the receiver
+  catches it to record the attempt;
 - a request of the client API (`/v1/`, but not the admin API or the callback receiver)
   carrying a valid key of a client with `requests_per_minute` is counted
   (`app.clients.ratelimit`): over the limit it is answered 429 without reaching the app;
@@ -22,15 +23,18 @@ route's dependencies: a check made there comes after the body has arrived. Here:
   traceback (and with it the SQL parameters of a failed statement).
 
 It also starts each request with empty logging context, so that no request's client or task
-is carried into another's log lines.
+is carried into another's log lines. Under a prefix of `renderers` (the OpenAI-compatible
+route), its refusals and its 500 are rendered by that prefix's function instead of as
+problem details.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import structlog
 from starlette.datastructures import Headers
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.clients.keys import KeyEntry
@@ -54,11 +58,33 @@ class RequestEdge:
         rest_limit: int,
         callback_limit: int,
         body_limits: Mapping[str, int] | None = None,
+        renderers: Mapping[str, Callable[[ProblemError], Response]] | None = None,
     ) -> None:
         self.app = app
         self.rest_limit = rest_limit
         self.callback_limit = callback_limit
         self.body_limits = dict(body_limits or {})
+        self.renderers = dict(renderers or {})
+
+    def _renderer(self, path: str) -> Callable[[ProblemError], Response] | None:
+        for prefix, render in self.renderers.items():
+            if path.startswith(prefix):
+                return render
+        return None
+
+    async def _answer(
+        self, exc: ProblemError, path: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """Refuse the request with `exc`: as problem details, or as the path's renderer has it."""
+        render = self._renderer(path)
+        response = (
+            render(exc)
+            if render is not None
+            else problem(
+                exc.status, slug=exc.slug, title=exc.title, detail=exc.detail, headers=exc.headers
+            )
+        )
+        await response(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -83,7 +109,7 @@ class RequestEdge:
             except ProblemError as exc:
                 # Without a body the route's own dependency answers, as it always did.
                 if has_body:
-                    await _answer(exc, scope, receive, send)
+                    await self._answer(exc, path, scope, receive, send)
                     return
             if entry is not None and entry.requests_per_minute is not None:
                 quota = await resources.rate_limits.count(entry.client, entry.requests_per_minute)
@@ -92,7 +118,7 @@ class RequestEdge:
                         f"More than {quota.limit} requests a minute; retry in {quota.reset} s.",
                         headers=quota.headers(),
                     )
-                    await _answer(refusal, scope, receive, send)
+                    await self._answer(refusal, path, scope, receive, send)
                     return
 
         limit = self.callback_limit if callback else self.body_limits.get(path, self.rest_limit)
@@ -124,17 +150,13 @@ class RequestEdge:
             await self.app(scope, limited, watched)
         except Exception as exc:
             response = unexpected(scope, exc)
+            render = self._renderer(path)
+            if render is not None:
+                response = render(ProblemError("An unexpected error occurred; it has been logged."))
             if not started:
                 await response(scope, receive, send)
             # With the answer under way there is nothing to send: the server closes the
             # connection when the app returns without finishing it.
-
-
-async def _answer(exc: ProblemError, scope: Scope, receive: Receive, send: Send) -> None:
-    response = problem(
-        exc.status, slug=exc.slug, title=exc.title, detail=exc.detail, headers=exc.headers
-    )
-    await response(scope, receive, send)
 
 
 def _raw(fields: dict[str, str]) -> list[tuple[bytes, bytes]]:

@@ -18,8 +18,12 @@ from app.docs_ui import install_docs
 from app.edge import RequestEdge
 from app.errors import install_error_handlers
 from app.metrics import router as metrics_router
+from app.openai.errors import render_problem as openai_problem
+from app.openai.routes import EDITS_PATH, OPENAI_PREFIX
+from app.openai.routes import router as openai_router
 from app.openapi import install_openapi
 from app.resources import Resources, open_resources
+from app.results.routes import links_router as result_links_router
 from app.results.routes import router as results_router
 from app.settings import Settings
 from app.tasks.routes import router as tasks_router
@@ -85,7 +89,12 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
         RequestEdge,
         rest_limit=limits.rest_max_body_bytes,
         callback_limit=limits.callback_max_body_bytes,
-        body_limits={UPLOADS_PATH: limits.upload_max_bytes + MULTIPART_SLACK_BYTES},
+        body_limits={
+            UPLOADS_PATH: limits.upload_max_bytes + MULTIPART_SLACK_BYTES,
+            # Up to three images, each at most the upload limit, and the form's other fields.
+            EDITS_PATH: 3 * limits.upload_max_bytes + limits.rest_max_body_bytes,
+        },
+        renderers={OPENAI_PREFIX: openai_problem},
     )
     app.add_middleware(
         CorrelationIdMiddleware, header_name=REQUEST_ID_HEADER, validator=_acceptable_request_id
@@ -94,7 +103,9 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
     app.include_router(callbacks_router)
     app.include_router(tasks_router)
     app.include_router(results_router)
+    app.include_router(result_links_router)
     app.include_router(uploads_router)
+    app.include_router(openai_router)
     app.include_router(webhooks_router)
     app.include_router(clients_router)
     app.include_router(usage_router)

@@ -7,7 +7,9 @@ rate-limit fields, for a client's), 400 and 413 for
 routes with a body, 400 for routes with a cursor, 503 for routes that need the database,
 and 422 as problem details.
 Every error is `application/problem+json` with the `Problem` schema (validation problems
-add `errors`); FastAPI's own `HTTPValidationError` schema never appears.
+add `errors`); FastAPI's own `HTTPValidationError` schema never appears. The one exception
+is the OpenAI-compatible route, whose errors are OpenAI's (`OWN_ERROR_SHAPES`): JSON with the
+`OpenAIErrorBody` schema, and never a 422.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from app.errors import PROBLEM_JSON
 
 # Routes that answer without the database: nothing there can be a 503 for want of it.
 NO_DATABASE = frozenset({"/healthz"})
+# Path prefixes whose errors are not problem details: the schema they are (application/json).
+OWN_ERROR_SHAPES = {"/v1/images/": "OpenAIErrorBody"}
 
 
 class Problem(BaseModel):
@@ -139,6 +143,9 @@ def _document_errors(route: APIRoute, path: str, operation: dict[str, Any]) -> N
         added.add("503")
     for status in sorted(added):
         responses.setdefault(status, {"description": ADDED[status]})
+    own = next((name for prefix, name in OWN_ERROR_SHAPES.items() if path.startswith(prefix)), None)
+    if own is not None:
+        responses.pop("422", None)  # its validation errors are 400s
     if "422" in responses:
         responses["422"]["description"] = responses["422"].get("description") or "Invalid."
     for status, response in responses.items():
@@ -146,6 +153,13 @@ def _document_errors(route: APIRoute, path: str, operation: dict[str, Any]) -> N
             continue
         if path == "/readyz":
             continue  # answers its own JSON, not a problem
+        if own is not None:
+            response["content"] = {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{own}"}}
+            }
+            if status == "503":
+                response.setdefault("headers", {}).update(RETRY_AFTER)
+            continue
         schema = "ValidationProblem" if status == "422" else "Problem"
         response["content"] = {PROBLEM_JSON: {"schema": {"$ref": f"#/components/schemas/{schema}"}}}
         if status == "503":

@@ -167,6 +167,10 @@ class Settings(BaseSettings):
 
     # A comment on every idle `GET /v1/tasks/{id}/stream` this often, so proxies keep it open.
     stream_keepalive_seconds: float = Field(default=15.0, gt=0)
+    # `POST /v1/images/edits` holds its answer until the task is settled, or this long (then
+    # 504, naming the task); a signed result `url` it answers with stays valid this long.
+    openai_wait_seconds: float = Field(default=300.0, gt=0, le=3600)
+    result_url_ttl_seconds: int = Field(default=3600, ge=60, le=7 * 86_400)
 
     @field_validator("evolink_base_url", "public_base_url")
     @classmethod

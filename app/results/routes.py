@@ -1,36 +1,39 @@
-"""A task's result images: the list (`GET /v1/tasks/{task_id}/results`) and each stored
-image (`GET /v1/tasks/{task_id}/results/{index}`)."""
+"""A task's result images: the list (`GET /v1/tasks/{task_id}/results`), each stored image
+(`GET /v1/tasks/{task_id}/results/{index}`), and the same bytes through a signed link that
+needs no key (`GET /v1/results/{task_id}/{index}/content.{ext}`, `app.results.links`)."""
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import StreamingResponse
 
+from app import links
 from app.deps import NOT_FOUND, PROBLEM, CallerDep, ResourcesDep, SessionDep, parse_task_id
-from app.errors import Conflict, NotFound, ProblemError, ServiceUnavailable
+from app.errors import Conflict, Gone, LinkExpired, LinkInvalid, NotFound, ServiceUnavailable
+from app.models import TaskResult
 from app.results import service
-from app.results.storage import StorageError
+from app.results.links import RESULT_LINK_PREFIX, content_path, extension_of
+from app.results.storage import ResultStorage, StorageError
 from app.tasks.schemas import ResultList, ResultRead
 from app.vocabulary import ResultStatus
 
 logger = logging.getLogger("edithook.results")
 
 router = APIRouter(prefix="/v1/tasks", tags=["results"])
+# The signed links, outside `/v1/tasks`: they need no key.
+links_router = APIRouter(prefix=RESULT_LINK_PREFIX, tags=["results"])
 
 # Stored bytes never change under a key: a client may keep them for as long as it likes.
 CACHE_CONTROL = "private, max-age=31536000, immutable"
 PENDING_RETRY_SECONDS = 5
 
 _MAX_INDEX = 2**31 - 1
-
-
-class Gone(ProblemError):
-    status, slug, title = 410, "gone", "Gone"
 
 
 def _parse(task_id: str, index: str) -> tuple[uuid.UUID, int]:
@@ -93,6 +96,11 @@ async def get_result_image(
 ) -> Response:
     parsed_id, parsed_index = _parse(task_id, index)
     result = await service.find_result(session, caller, parsed_id, parsed_index)
+    return await _serve(result, resources.storage, if_none_match)
+
+
+async def _serve(result: TaskResult, storage: ResultStorage, if_none_match: str | None) -> Response:
+    """A result row's image: 409 pending, 410 failed, 304 on a matching ETag, else the bytes."""
     if result.status == ResultStatus.PENDING:
         raise Conflict(
             "The result is not stored yet.",
@@ -109,13 +117,13 @@ async def get_result_image(
     if etag_matches(if_none_match, etag):
         return Response(status_code=304, headers=headers)
 
-    chunks = resources.storage.read(result.storage_key)
+    chunks = storage.read(result.storage_key)
     try:
         # Pull the first chunk now: once streaming starts, a failure can no longer be a 503.
         first = await anext(chunks, b"")
     except StorageError as exc:
         await _close(chunks)
-        logger.warning("result %s/%s unreadable: %s", parsed_id, parsed_index, exc)
+        logger.warning("result %s/%s unreadable: %s", result.task_id, result.index, exc)
         raise ServiceUnavailable("The stored image cannot be read right now.") from exc
     if result.size_bytes is not None:
         headers["Content-Length"] = str(result.size_bytes)
@@ -142,3 +150,49 @@ async def _close(chunks: AsyncIterator[bytes]) -> None:
     aclose = getattr(chunks, "aclose", None)
     if aclose is not None:
         await aclose()
+
+
+@links_router.get(
+    "/{task_id}/{index}/content.{extension}",
+    summary="A stored result image, through a signed link (no key)",
+    description=(
+        "The `url` `POST /v1/images/edits` answers with: valid only with the `expires` and "
+        "`signature` edithook put in it, until `expires`. Otherwise as "
+        "`GET /v1/tasks/{task_id}/results/{index}`."
+    ),
+    response_class=Response,
+    responses={
+        200: {"description": "The image.", "content": {"image/*": {}}},
+        304: {"description": "`If-None-Match` matched; no body."},
+        403: {"description": "`link-invalid` or `link-expired`.", **PROBLEM},
+        404: {"description": "No such result.", **PROBLEM},
+        410: {"description": "The image could not be copied; `detail` says why.", **PROBLEM},
+        503: {"description": "The storage could not be read.", **PROBLEM},
+    },
+)
+async def get_linked_result(
+    task_id: str,
+    index: str,
+    extension: str,
+    request: Request,
+    session: SessionDep,
+    resources: ResourcesDep,
+    expires: str | None = None,
+    signature: str | None = None,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    path = request.url.path
+    key = links.link_key(resources.settings.callback_secret.get_secret_value())
+    verdict = links.check(key, path, expires, signature, time.time())
+    if verdict == links.LinkCheck.INVALID:
+        raise LinkInvalid("The link's signature is missing or wrong.")
+    if verdict == links.LinkCheck.EXPIRED:
+        raise LinkExpired("The link has expired; read the result with a key instead.")
+    parsed_id, parsed_index = _parse(task_id, index)
+    if path != content_path(parsed_id, parsed_index, extension):
+        raise NotFound(f"The task has no result {index!r}.")
+    # The signature is the caller's proof: whoever holds the link may read this one image.
+    result = await service.find_linked_result(session, parsed_id, parsed_index)
+    if result is None or extension_of(result) != extension:
+        raise NotFound(f"The task has no result {index!r}.")
+    return await _serve(result, resources.storage, if_none_match)

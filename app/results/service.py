@@ -36,3 +36,13 @@ async def find_result(
     if result is None:
         raise NotFound(f"The task has no result {index}.")
     return result
+
+
+async def find_linked_result(
+    session: AsyncSession, task_id: uuid.UUID, index: int
+) -> TaskResult | None:
+    """Result `index` of task `task_id`, whoever owns it: for a signed link, its own proof."""
+    result: TaskResult | None = await session.scalar(
+        select(TaskResult).where(TaskResult.task_id == task_id, TaskResult.index == index)
+    )
+    return result

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 _GONE = KeyEntry(uuid.UUID(int=0), "", active=False)
 PROBLEM_REFS = {"#/components/schemas/Problem", "#/components/schemas/ValidationProblem"}
+OPENAI_PREFIX = "/v1/images/"
+OPENAI_ERROR = "#/components/schemas/OpenAIErrorBody"
 
 
 def _operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
@@ -34,7 +36,8 @@ def _operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]
 
 
 async def test_every_documented_error_is_a_problem_document(api: httpx.AsyncClient) -> None:
-    """Each 4xx/5xx answer is `application/problem+json` with the problem schema."""
+    """Each 4xx/5xx answer is `application/problem+json` with the problem schema, but for
+    the OpenAI-compatible route, whose errors are OpenAI's JSON and never a 422."""
     document = (await api.get("/openapi.json")).json()
     assert "HTTPValidationError" not in document["components"]["schemas"]
     for method, path, operation in _operations(document):
@@ -42,6 +45,10 @@ async def test_every_documented_error_is_a_problem_document(api: httpx.AsyncClie
             if not status.startswith(("4", "5")) or path == "/readyz":
                 continue
             content = response["content"]
+            if path.startswith(OPENAI_PREFIX):
+                assert status != "422", (method, path)
+                assert content == {"application/json": {"schema": {"$ref": OPENAI_ERROR}}}
+                continue
             assert list(content) == ["application/problem+json"], (method, path, status)
             ref = content["application/problem+json"]["schema"]["$ref"]
             assert ref in PROBLEM_REFS, (method, path, status)
@@ -55,14 +62,19 @@ async def test_errors_are_documented_where_they_are_sent(api: httpx.AsyncClient)
     document = (await api.get("/openapi.json")).json()
     for method, path, operation in _operations(document):
         documented = set(operation["responses"])
-        # A signed link needs no key; its own 403s are a bad or expired signature.
-        signed_link = path.endswith("/content.{extension}")
-        needs_key = (
-            path.startswith(("/v1/tasks", "/v1/webhook", "/v1/admin/", "/v1/usage", "/v1/uploads"))
-            and not signed_link
+        # A signed link needs no key, and refuses a bad or expired signature with 403.
+        signed = path.endswith("/content.{extension}")
+        keyed = (
+            "/v1/tasks",
+            "/v1/webhook",
+            "/v1/admin/",
+            "/v1/usage",
+            "/v1/uploads",
+            OPENAI_PREFIX,
         )
+        needs_key = path.startswith(keyed) and not signed
         assert ("401" in documented) == needs_key, (method, path)
-        assert ("403" in documented) == (needs_key or signed_link), (method, path)
+        assert ("403" in documented) == (needs_key or signed), (method, path)
         if "requestBody" in operation or path.startswith("/v1/callbacks"):
             assert {"400", "413"} <= documented, (method, path)
         if any(param["name"] == "cursor" for param in operation.get("parameters", [])):

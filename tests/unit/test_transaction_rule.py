@@ -1,10 +1,11 @@
 """Who owns a transaction: the edge (a request, a job), never a service a route calls.
 
 Read from the source: the rule is about where sessions are opened, which no HTTP answer
-shows. Routes take `SessionDep`; only the named flows of `app.tasks.routes` open short
-transactions of their own (`app.db.transaction`); nothing reads through a session it never
-began; the request services never commit, begin or open a session; the job bodies open
-theirs only through `app.db.transaction`.
+shows. Routes take `SessionDep`; only the named flows of `app.tasks.routes` and
+`app.openai.routes` open short transactions of their own (`app.db.transaction`), each module
+naming its flows in its docstring; nothing reads through a session it never began; the
+request services never commit, begin or open a session; the job bodies open theirs only
+through `app.db.transaction`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ APP = REPO / "app"
 ROUTE_MODULES = [*sorted(APP.glob("*/routes.py")), APP / "metrics.py", APP / "main.py"]
 # Every feature's service.py: the operations its routes call (job bodies live apart).
 REQUEST_SERVICES = sorted(APP.glob("*/service.py"))
-NAMED_FLOWS = APP / "tasks" / "routes.py"
+NAMED_FLOWS = [APP / "tasks" / "routes.py", APP / "openai" / "routes.py"]
 # The job bodies: each the edge of its work, opening short transactions of its own.
 JOB_BODIES = [
     APP / "tasks" / name for name in ("submission.py", "reconcile.py", "sweep.py", "cancel.py")
@@ -48,10 +49,12 @@ def test_no_route_reads_through_a_session_it_never_began() -> None:
 
 
 def test_only_the_named_flows_open_transactions_of_their_own() -> None:
-    """Every route module but the one naming the early-commit flows leaves it to SessionDep."""
-    assert "transaction" in _calls(NAMED_FLOWS)
+    """Every route module but those naming their early-commit flows leaves it to SessionDep."""
+    for path in NAMED_FLOWS:
+        assert "transaction" in _calls(path), path
+        assert "Named flow" in path.read_text() or "named flow" in path.read_text(), path
     for path in ROUTE_MODULES:
-        if path != NAMED_FLOWS:
+        if path not in NAMED_FLOWS:
             assert "transaction" not in _calls(path), path
 
 
