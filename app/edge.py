@@ -149,7 +149,7 @@ class RequestEdge:
         try:
             await self.app(scope, limited, watched)
         except Exception as exc:
-            response = unexpected(scope, exc)
+            response: Response = unexpected(scope, exc)
             render = self._renderer(path)
             if render is not None:
                 response = render(ProblemError("An unexpected error occurred; it has been logged."))
