@@ -111,7 +111,12 @@ async def test_the_readme_curl_session_answers_as_documented(
             answer = json.loads(body)
             task_id = task_id or answer.get("id", "")
             for key, expected in step.body.items():
-                assert _matches(expected, answer.get(key)), (step.command, key, answer.get(key))
+                assert _matches(expected, answer.get(key)), (
+                    step.command,
+                    key,
+                    answer.get(key),
+                    answer.get("error"),
+                )
         for name, expected in step.headers.items():
             assert headers.get(name) == expected.replace("<id>", task_id), (step.command, name)
         if "-o 0.png" in command:
