@@ -7,7 +7,8 @@ route's dependencies: a check made there comes after the body has arrived. Here:
   token is in its path and checked by its route) must carry a valid key, or is answered 401
   (403 for a disabled client's) without a byte of its body read; one to the admin API
   (`/v1/admin/`) must carry an admin key;
-- the body is limited while it streams: a declared `Content-Length` over the route's limit
+- the body is limited while it streams (`rest_limit`, or the limit `body_limits` names for
+  its exact path, such as uploads'): a declared `Content-Length` over the route's limit
   fails the first read at once, a streamed body fails the read that passes the limit (both
   raise `BodyTooLarge`, answered 413); the receiver catches it to record the attempt;
 - an error nothing else handled is answered here with a 500 problem and one log line, rather
@@ -19,6 +20,8 @@ is carried into another's log lines.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import structlog
 from starlette.datastructures import Headers
@@ -36,10 +39,18 @@ ADMIN_PREFIX = "/v1/admin/"
 class RequestEdge:
     """Checks the key before a body is read, bounds the body, and answers what escapes."""
 
-    def __init__(self, app: ASGIApp, *, rest_limit: int, callback_limit: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        rest_limit: int,
+        callback_limit: int,
+        body_limits: Mapping[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.rest_limit = rest_limit
         self.callback_limit = callback_limit
+        self.body_limits = dict(body_limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -66,7 +77,7 @@ class RequestEdge:
                 await response(scope, receive, send)
                 return
 
-        limit = self.callback_limit if callback else self.rest_limit
+        limit = self.callback_limit if callback else self.body_limits.get(path, self.rest_limit)
         seen = 0
 
         async def limited() -> Message:

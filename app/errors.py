@@ -87,6 +87,33 @@ class Unprocessable(ProblemError):
     status, slug, title = 422, "validation-error", "The request is not valid"
 
 
+class UnsupportedMediaType(ProblemError):
+    status, slug, title = 415, "unsupported-media-type", "Unsupported media type"
+
+
+class InvalidImage(ProblemError):
+    """Bytes of an accepted type that cannot be used: undecodable, or sized outside EvoLink's
+    limits."""
+
+    status, slug, title = 422, "invalid-image", "The image cannot be used"
+
+
+class LinkInvalid(ProblemError):
+    """A signed link with a missing, malformed or wrong signature (`app.links`)."""
+
+    status, slug, title = 403, "link-invalid", "The link is not valid"
+
+
+class LinkExpired(ProblemError):
+    """A signed link of ours, past its expiry."""
+
+    status, slug, title = 403, "link-expired", "The link has expired"
+
+
+class Gone(ProblemError):
+    status, slug, title = 410, "gone", "Gone"
+
+
 class ServiceUnavailable(ProblemError):
     status, slug, title = 503, "unavailable", "Service unavailable"
 

@@ -33,6 +33,7 @@ PRUNE = "prune"
 DELIVER_WEBHOOK = "deliver_webhook"
 RECOVER_WEBHOOKS = "recover_webhooks"
 SWEEP_WEBHOOKS = "sweep_webhooks"
+PRUNE_UPLOADS = "prune_uploads"
 
 # Webhook deliveries yield to the task pipeline: a worker takes a submission or a result
 # copy before any delivery that is due (procrastinate fetches the highest priority first),

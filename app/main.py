@@ -23,6 +23,8 @@ from app.resources import Resources, open_resources
 from app.results.routes import router as results_router
 from app.settings import Settings
 from app.tasks.routes import router as tasks_router
+from app.uploads.routes import MULTIPART_SLACK_BYTES, UPLOADS_PATH
+from app.uploads.routes import router as uploads_router
 from app.webhooks.routes import router as webhooks_router
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -82,6 +84,7 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
         RequestEdge,
         rest_limit=limits.rest_max_body_bytes,
         callback_limit=limits.callback_max_body_bytes,
+        body_limits={UPLOADS_PATH: limits.upload_max_bytes + MULTIPART_SLACK_BYTES},
     )
     app.add_middleware(
         CorrelationIdMiddleware, header_name=REQUEST_ID_HEADER, validator=_acceptable_request_id
@@ -90,6 +93,7 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
     app.include_router(callbacks_router)
     app.include_router(tasks_router)
     app.include_router(results_router)
+    app.include_router(uploads_router)
     app.include_router(webhooks_router)
     app.include_router(clients_router)
     app.include_router(metrics_router)

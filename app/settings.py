@@ -127,6 +127,11 @@ class Settings(BaseSettings):
     result_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
     result_link_ttl_hours: float = Field(default=24.0, gt=0)
     event_retention_days: int = Field(default=30, ge=1)
+    # Input images clients upload (`POST /v1/uploads`): the largest accepted, how long they
+    # are kept, and how long a link EvoLink fetches one by stays valid after submission.
+    upload_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    upload_retention_hours: float = Field(default=48.0, gt=0)
+    input_url_ttl_seconds: int = Field(default=86_400, ge=60)
     worker_concurrency: int = Field(default=4, ge=1, le=64)
     # Webhooks to callers: private hosts they may reach (names, `*.suffix`, CIDRs), the
     # delays between attempts (Standard Webhooks' schedule; each with jitter), the timeout.

@@ -1,7 +1,8 @@
 """The worker process: runs submissions, result copies, webhooks, reconciliation, sweeps, pruning.
 
 The one place with a procrastinate App: it is built here from the jobs' Blueprints
-(`app.tasks.jobs`, `app.results.jobs`, `app.webhooks.jobs`) and opened by `run_worker`.
+(`app.tasks.jobs`, `app.results.jobs`, `app.webhooks.jobs`, `app.uploads.jobs`) and opened
+by `run_worker`.
 The API has none; it enqueues through its own SQL session (`app.jobs.enqueue`).
 """
 
@@ -20,6 +21,7 @@ from app.resources import Resources
 from app.results import jobs as result_jobs
 from app.settings import Settings
 from app.tasks import jobs as task_jobs
+from app.uploads import jobs as upload_jobs
 from app.webhooks import jobs as webhook_jobs
 
 # How often the worker looks for due jobs without being told. New jobs wake it through
@@ -45,7 +47,12 @@ def create_job_app(database_url: str, *, pool_size: int = JOB_POOL_SIZE) -> proc
         conninfo=database_url, min_size=1, max_size=pool_size
     )
     job_app = procrastinate.App(connector=connector)
-    for blueprint in (task_jobs.blueprint(), result_jobs.blueprint(), webhook_jobs.blueprint()):
+    for blueprint in (
+        task_jobs.blueprint(),
+        result_jobs.blueprint(),
+        webhook_jobs.blueprint(),
+        upload_jobs.blueprint(),
+    ):
         # No namespace: procrastinate would prefix it to the job names, which are stored in
         # its rows and matched by our SQL (app.jobs).
         job_app.add_tasks_from(blueprint, namespace="")

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from evolink_simulator.config import SimulatorConfig
 from evolink_simulator.errors import error_response
 from evolink_simulator.images import DEFAULT_SIZE, colour_for, render_png
+from evolink_simulator.inputs import sample_image
 from evolink_simulator.state import Fault, SimTask, Simulator
 from evolink_simulator.validation import Invalid, validate_create
 
@@ -170,6 +171,17 @@ def create_simulator_app(config: SimulatorConfig | None = None) -> FastAPI:
         colour = colour_for(task.edit.seed, task.id, index)
         png = await asyncio.to_thread(render_png, width, height, colour)
         return Response(png, media_type="image/png")
+
+    @app.get("/inputs/{name:path}")
+    async def get_sample_input(name: str) -> Response:
+        """A sample input image, standing in for the reserved example domains' hosts
+        (`evolink_simulator.inputs`): its type from the extension, `WxH` in the name its size."""
+        sim.stats["sample_downloads"] += 1
+        sample = await asyncio.to_thread(sample_image, name)
+        if sample is None:
+            return error(404, "File not found", code=string_code("file_not_found"))
+        data, content_type = sample
+        return Response(data, media_type=content_type)
 
     # -- controls for tests and curl users ----------------------------------------------------
 

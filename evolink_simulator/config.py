@@ -18,7 +18,10 @@ class SimulatorConfig:
     overrides the base of result URLs, which otherwise follows the create request's host.
     `task_retention_seconds`, when set, makes tasks unknown (404) that long after creation.
     `callback_delay_seconds` delays the first callback after the terminal state, as the
-    provider sends it only once billing is settled.
+    provider sends it only once billing is settled. `fetch_inputs` fetches every input
+    image when a task starts processing, as EvoLink does (`evolink_simulator.inputs`), each
+    within `input_timeout_seconds` and `input_max_bytes` (upstream's 10 MB); a failure
+    fails the task.
     """
 
     api_key: str | None = None
@@ -33,3 +36,6 @@ class SimulatorConfig:
     error_code_style: Literal["string", "integer"] = "string"
     callbacks_enabled: bool = True
     public_base_url: str | None = None
+    fetch_inputs: bool = True
+    input_timeout_seconds: float = 10.0
+    input_max_bytes: int = 10 * 1024 * 1024

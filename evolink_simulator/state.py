@@ -18,6 +18,7 @@ import httpx
 from pydantic import BaseModel, Field
 
 from evolink_simulator.config import SimulatorConfig
+from evolink_simulator.inputs import InputFetch, fetch_input
 from evolink_simulator.validation import MODEL, Edit
 
 logger = logging.getLogger("edithook.simulator")
@@ -110,6 +111,7 @@ class SimTask:
     error: dict[str, str] | None = None
     finished_at: float | None = None
     deliveries: list[Delivery] = field(default_factory=list)
+    inputs: list[InputFetch] = field(default_factory=list)
 
     @property
     def terminal(self) -> bool:
@@ -135,6 +137,8 @@ class Simulator:
                 "file_downloads",
                 "callbacks_sent",
                 "callbacks_delivered",
+                "input_fetches",
+                "sample_downloads",
             ),
             0,
         )
@@ -222,6 +226,8 @@ class Simulator:
         if task.terminal:
             return
         task.status, task.progress = "processing", 10
+        if self.config.fetch_inputs and not await self._fetch_inputs(task):
+            return
         step = self._processing_seconds(task) / _PROGRESS_STEPS
         for i in range(1, _PROGRESS_STEPS + 1):
             await asyncio.sleep(step)
@@ -239,6 +245,28 @@ class Simulator:
             self.cancel(task, "failed")
         else:
             self.complete(task)
+
+    async def _fetch_inputs(self, task: SimTask) -> bool:
+        """Fetch every input image, as EvoLink does before it edits; False when the task
+        ended meanwhile or failed over an image it could not use."""
+        for index, url in enumerate(task.edit.image_urls):
+            fetched = await fetch_input(
+                self._client(),
+                url,
+                task.base_url,
+                seconds=self.config.input_timeout_seconds,
+                max_bytes=self.config.input_max_bytes,
+            )
+            task.inputs.append(fetched)
+            self.stats["input_fetches"] += 1
+            if task.terminal:
+                return False
+            if fetched.code is not None:
+                logger.info("input %d of %s unusable: %s", index, task.id, fetched.error)
+                base = FAILURE_MESSAGES.get(fetched.code, "The input image cannot be used.")
+                self.fail(task, fetched.code, f"{base} Image {index + 1}: {fetched.error}.")
+                return False
+        return True
 
     def complete(self, task: SimTask) -> bool:
         """End the task completed with its result URLs; False if it had already ended."""
@@ -334,6 +362,7 @@ class Simulator:
             },
             "directives": asdict(edit.directives),
             "callbacks": [asdict(delivery) for delivery in task.deliveries],
+            "inputs": [asdict(fetched) for fetched in task.inputs],
         }
 
     # -- callbacks --------------------------------------------------------------------------

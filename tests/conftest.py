@@ -87,6 +87,8 @@ FAST_SIMULATOR = SimulatorConfig(
     processing_seconds=0.2,
     callback_retry_delays=(0.1, 0.2, 0.4),
     callback_timeout_seconds=2.0,
+    # A URL nothing answers (a test's made-up host) fails its task soon.
+    input_timeout_seconds=3.0,
 )
 
 

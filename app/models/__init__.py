@@ -2,6 +2,7 @@
 
 from app.models.client import ApiKey, Client
 from app.models.task import Task, TaskEvent, TaskResult
+from app.models.upload import Upload
 from app.models.webhook import (
     WebhookAttempt,
     WebhookClientSecret,
@@ -15,6 +16,7 @@ __all__ = [
     "Task",
     "TaskEvent",
     "TaskResult",
+    "Upload",
     "WebhookAttempt",
     "WebhookClientSecret",
     "WebhookEndpoint",

@@ -1,13 +1,15 @@
-"""Where result images live: a local folder by default, S3, GCS or Azure in production."""
+"""Where result images and uploaded input images live: a local folder by default, S3, GCS or
+Azure in production."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import obstore
-from obstore.store import ObjectStore, from_url
+from obstore.store import AzureStore, GCSStore, ObjectStore, S3Store, from_url
 
 
 class StorageError(Exception):
@@ -33,11 +35,13 @@ def store_for(url: str) -> ObjectStore:
 
 
 class ResultStorage:
-    """Puts and reads result objects by key (`tasks/<task id>/<index>.<ext>`)."""
+    """Puts, reads, deletes and signs objects by key: results (`tasks/<task id>/<index>.<ext>`)
+    and uploads (`uploads/<upload id>.<ext>`)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, store: ObjectStore | None = None) -> None:
+        """The store for `url`, or `store` as given (one configured in code)."""
         self.url = url
-        self._store = store_for(url)
+        self._store = store if store is not None else store_for(url)
 
     @staticmethod
     def key_for(task_id: object, index: int, extension: str) -> str:
@@ -59,3 +63,37 @@ class ResultStorage:
             raise StorageError(f"could not read {key}: {type(exc).__name__}: {exc}") from exc
         async for chunk in result.stream():
             yield bytes(chunk)
+
+    async def delete(self, key: str) -> None:
+        """Delete the object; one already gone is not an error."""
+        try:
+            await obstore.delete_async(self._store, key)
+        except FileNotFoundError:
+            return
+        except Exception as exc:
+            raise StorageError(f"could not delete {key}: {type(exc).__name__}: {exc}") from exc
+
+    @property
+    def can_sign(self) -> bool:
+        """True for S3, GCS and Azure, which hand out presigned GETs themselves."""
+        return isinstance(self._store, S3Store | GCSStore | AzureStore)
+
+    async def signed_get(self, key: str, ttl_seconds: int) -> str:
+        """A presigned GET of the object, valid `ttl_seconds`; only when `can_sign`."""
+        store = self._store
+        if not isinstance(store, S3Store | GCSStore | AzureStore):
+            raise StorageError(f"{self.url} cannot sign links", retryable=False)
+        try:
+            return await obstore.sign_async(store, "GET", key, timedelta(seconds=ttl_seconds))
+        except Exception as exc:
+            raise StorageError(f"could not sign {key}: {type(exc).__name__}: {exc}") from exc
+
+    async def keys_older_than(self, prefix: str, before: datetime) -> list[str]:
+        """The keys under `prefix` last written before `before`."""
+        found: list[str] = []
+        try:
+            async for batch in obstore.list(self._store, prefix=prefix):
+                found += [meta["path"] for meta in batch if meta["last_modified"] < before]
+        except Exception as exc:
+            raise StorageError(f"could not list {prefix}: {type(exc).__name__}: {exc}") from exc
+        return found

@@ -15,6 +15,7 @@ import structlog
 
 from app.jobs import PRUNE, RECONCILE, SUBMIT_TASK, SWEEP, JobRetry, RetryLater, resources_of
 from app.tasks import reconcile, submission, sweep
+from app.uploads.inputs import InputLinks
 
 
 async def submit_task_job(context: procrastinate.JobContext, task_id: str) -> None:
@@ -31,6 +32,7 @@ async def submit_task_job(context: procrastinate.JobContext, task_id: str) -> No
         attempts=settings.submit_attempts,
         unknown_timeout_seconds=settings.submit_unknown_timeout_seconds,
         attempt=context.job.attempts,
+        inputs=InputLinks.from_settings(settings, resources.storage),
     )
     if delay is not None:
         raise RetryLater("the provider created nothing; trying again", delay)

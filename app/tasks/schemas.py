@@ -77,10 +77,27 @@ METADATA_SCHEMA: dict[str, Any] = {
     "propertyNames": {"pattern": "^[A-Za-z0-9_.\\-]{1,64}$"},
     "additionalProperties": {"type": "string", "maxLength": METADATA_VALUE_MAX, "pattern": NO_NUL},
 }
-# `size` only with one image: JSON Schema's if/then.
+UPLOAD_ID_SCHEMA: dict[str, Any] = {"format": "upload-id"}
+
+
+def _images_in_all(ids: int) -> dict[str, Any]:
+    # With `ids` uploads named, at most 3 - ids URLs.
+    return {
+        "if": {"properties": {"image_ids": {"minItems": ids}}, "required": ["image_ids"]},
+        "then": {"properties": {"image_urls": {"maxItems": IMAGE_URLS_MAX - ids}}},
+    }
+
+
+# `size` only with one image, and one to three images between `image_urls` and `image_ids`:
+# JSON Schema's if/then and anyOf.
 TASK_CREATE_SCHEMA: dict[str, Any] = {
     "if": {"properties": {"size": {"type": "string"}}, "required": ["size"]},
     "then": {"properties": {"n": {"const": 1}}},
+    "anyOf": [
+        {"properties": {"image_urls": {"minItems": 1}}, "required": ["image_urls"]},
+        {"properties": {"image_ids": {"minItems": 1}}, "required": ["image_ids"]},
+    ],
+    "allOf": [_images_in_all(ids) for ids in range(1, IMAGE_URLS_MAX + 1)],
 }
 
 EXAMPLE_CREATE: dict[str, Any] = {
@@ -144,6 +161,15 @@ class TaskCreate(BaseModel):
         description="What to change; at most 2000 characters, some of them visible.",
         json_schema_extra=PROMPT_SCHEMA,
     )
+    # Declared before `image_urls`, whose check counts both: pydantic validates in this order.
+    image_ids: list[Annotated[uuid.UUID, Field(json_schema_extra=UPLOAD_ID_SCHEMA)]] = Field(
+        default_factory=list,
+        max_length=IMAGE_URLS_MAX,
+        description=(
+            "Ids of your uploads (`POST /v1/uploads`) to edit, sent to EvoLink after "
+            "`image_urls`; 1–3 images in all."
+        ),
+    )
     image_urls: list[
         Annotated[
             StrictStr,
@@ -151,9 +177,13 @@ class TaskCreate(BaseModel):
             Field(json_schema_extra=IMAGE_URL_SCHEMA),
         ]
     ] = Field(
-        min_length=1,
+        default_factory=list,
         max_length=IMAGE_URLS_MAX,
-        description="1–3 publicly reachable https URLs of the input images.",
+        validate_default=True,
+        description=(
+            "Publicly reachable https URLs of the input images, sent first; with "
+            "`image_ids`, 1–3 images in all."
+        ),
     )
     n: Annotated[StrictInt, Field(ge=1, le=MAX_RESULTS), IntegralNumber] = Field(
         default=1, description="Number of images to produce (1–6; the provider pre-charges n)."
@@ -206,6 +236,22 @@ class TaskCreate(BaseModel):
             raise ValueError("must not be blank")
         return value
 
+    @field_validator("image_urls")
+    @classmethod
+    def _image_count(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        ids = info.data.get("image_ids")
+        if ids is None:
+            return value  # `image_ids` is itself invalid, and says so
+        total = len(value) + len(ids)
+        if total == 0:
+            raise ValueError("give 1–3 input images, in image_urls and/or image_ids")
+        if total > IMAGE_URLS_MAX:
+            raise ValueError(
+                f"at most {IMAGE_URLS_MAX} input images in all; got {len(value)} in "
+                f"image_urls and {len(ids)} in image_ids"
+            )
+        return value
+
     @field_validator("size")
     @classmethod
     def _size(cls, value: str | None, info: ValidationInfo) -> str | None:
@@ -255,10 +301,17 @@ class TaskCreate(BaseModel):
         return value
 
     def provider_request(self) -> dict[str, Any]:
-        """The edit in the provider's field names, without unset optional fields."""
-        return self.model_dump(
-            exclude={"metadata", "webhook_url", "cancel_after_seconds"}, exclude_none=True
+        """The edit in the provider's field names, without unset optional fields, and the
+        `image_ids` of uploads when there are any: the submission turns them into links
+        appended to `image_urls` (`app.uploads.inputs`)."""
+        request = self.model_dump(
+            mode="json",
+            exclude={"metadata", "webhook_url", "cancel_after_seconds", "image_ids"},
+            exclude_none=True,
         )
+        if self.image_ids:
+            request["image_ids"] = [str(upload_id) for upload_id in self.image_ids]
+        return request
 
 
 class TaskError(BaseModel):

@@ -23,6 +23,7 @@ from app.errors import BadRequest, Conflict, NotFound
 from app.jobs import SUBMIT_TASK, enqueue
 from app.models import Task, TaskEvent, TaskResult
 from app.tasks.schemas import TaskCreate
+from app.uploads.service import require_usable
 from app.vocabulary import TERMINAL, EventKind, EventOutcome, ResultStatus, TaskStatus
 
 _result_count = (
@@ -106,7 +107,9 @@ def _with_counts() -> Select[Task, int, int, int]:
 
 def request_hash(body: TaskCreate) -> str:
     """A digest of everything the client asked for, to tell a replay from a different request."""
-    canonical = json.dumps(body.model_dump(), sort_keys=True, separators=(",", ":"))
+    # Without `image_ids` when there are none, so a body's digest is what it was before them.
+    fields = body.model_dump(mode="json", exclude=None if body.image_ids else {"image_ids"})
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -143,6 +146,8 @@ async def create_task(
         )
     task = (await session.execute(statement.returning(Task))).scalar_one_or_none()
     if task is not None:
+        # Unknown, another client's or expired uploads: 422, and the insert rolls back.
+        await require_usable(session, client, body.image_ids)
         # The submission job commits with the task: no stored task is left without one.
         await enqueue(session, SUBMIT_TASK, {"task_id": str(task.id)})
         session.add(

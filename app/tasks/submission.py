@@ -43,6 +43,7 @@ from app.tasks import writer
 from app.tasks.cancel import cancel_if_overdue
 from app.tasks.transitions import TaskState, Verdict, fail, implied_guard, judge
 from app.tasks.writer import Direct, Event, Written
+from app.uploads.inputs import InputLinks, InputUnavailable, record_unavailable
 from app.vocabulary import EventKind, EventOutcome, TaskStatus
 
 logger = logging.getLogger("edithook.submission")
@@ -105,6 +106,7 @@ async def submit_task(
     attempts: int,
     unknown_timeout_seconds: float,
     attempt: int = 0,
+    inputs: InputLinks | None = None,
 ) -> float | None:
     """Submit a queued task once, with `callback_url`, and record what came of it.
 
@@ -113,6 +115,7 @@ async def submit_task(
     created nothing and attempts remain (the task is back in `queued` meanwhile); None
     otherwise. The claim and each record are statements of their own (on `pool`, or
     through `sessions` when it cannot run them); nothing is held across the create.
+    `inputs` makes the links to the task's uploads (`image_ids`), valid from now on.
     """
     stored = await claim(pool, task_id)
     if stored is None:
@@ -121,6 +124,12 @@ async def submit_task(
         return None
     # The reconciler gives up on an unconfirmed create this long after the claim.
     deadline = time.monotonic() + unknown_timeout_seconds
+    if inputs is not None:
+        try:
+            stored = await inputs.provider_request(sessions, stored)
+        except InputUnavailable as exc:
+            await record_unavailable(pool, sessions, task_id, exc)
+            return None
     request = CreateRequest.model_validate({**stored, "callback_url": callback_url})
 
     try:

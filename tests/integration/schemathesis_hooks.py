@@ -1,10 +1,14 @@
 """Schemathesis hooks for the OpenAPI run (`SCHEMATHESIS_HOOKS=schemathesis_hooks`).
 
-The OpenAPI document names two formats that JSON Schema cannot spell out; these strategies
+The OpenAPI document names formats that JSON Schema cannot spell out; these strategies
 make values that satisfy them, so that "schema-valid and refused" means a real disagreement.
+An `upload-id` is one of the caller's uploads, made by the test before the run
+(`EDITHOOK_TEST_UPLOAD_IDS`).
 """
 
 from __future__ import annotations
+
+import os
 
 import schemathesis
 from hypothesis import strategies as st
@@ -31,4 +35,10 @@ schemathesis.openapi.format(
         _label,
         st.from_regex(r"[A-Za-z0-9._~/-]{0,40}", fullmatch=True),
     ),
+)
+
+# `upload-id`: an upload of the caller's, still kept.
+schemathesis.openapi.format(
+    "upload-id",
+    st.sampled_from(os.environ.get("EDITHOOK_TEST_UPLOAD_IDS", "").split(",")),
 )

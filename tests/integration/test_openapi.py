@@ -16,6 +16,7 @@ import pytest
 from app.clients.keys import KeyEntry
 from app.clients.seeding import seed
 from tests.helpers import ADMIN_KEY, VALID_EDIT
+from tests.images import encoded
 
 if TYPE_CHECKING:
     from tests.conftest import Caller, Service
@@ -54,9 +55,14 @@ async def test_errors_are_documented_where_they_are_sent(api: httpx.AsyncClient)
     document = (await api.get("/openapi.json")).json()
     for method, path, operation in _operations(document):
         documented = set(operation["responses"])
-        needs_key = path.startswith(("/v1/tasks", "/v1/webhook", "/v1/admin/"))
+        # A signed link needs no key; its own 403s are a bad or expired signature.
+        signed_link = path.endswith("/content.{extension}")
+        needs_key = (
+            path.startswith(("/v1/tasks", "/v1/webhook", "/v1/admin/", "/v1/uploads"))
+            and not signed_link
+        )
         assert ("401" in documented) == needs_key, (method, path)
-        assert ("403" in documented) == needs_key, (method, path)
+        assert ("403" in documented) == (needs_key or signed_link), (method, path)
         if "requestBody" in operation or path.startswith("/v1/callbacks"):
             assert {"400", "413"} <= documented, (method, path)
         if any(param["name"] == "cursor" for param in operation.get("parameters", [])):
@@ -106,6 +112,7 @@ async def test_a_bounded_schemathesis_run_finds_nothing(service: Service, caller
         "PYTHONPATH": str(Path(__file__).parent),
         "SCHEMATHESIS_HOOKS": "schemathesis_hooks",
         "EDITHOOK_TEST_ADMIN_KEY": ADMIN_KEY,
+        "EDITHOOK_TEST_UPLOAD_IDS": ",".join(await _uploads(service, caller, 2)),
     }
     process = await asyncio.create_subprocess_exec(
         str(st),
@@ -137,6 +144,19 @@ async def test_a_bounded_schemathesis_run_finds_nothing(service: Service, caller
     finally:
         await restore_clients(service)
     assert process.returncode == 0, output.decode(errors="replace")
+
+
+async def _uploads(service: Service, caller: Caller, count: int) -> list[str]:
+    """Ids of `count` uploads of the caller's, for the run's `image_ids`."""
+    ids = []
+    async with httpx.AsyncClient(base_url=service.url, headers=caller.headers) as client:
+        for _ in range(count):
+            response = await client.post(
+                "/v1/uploads", content=encoded(), headers={"Content-Type": "image/png"}
+            )
+            assert response.status_code == 201, response.text
+            ids.append(response.json()["id"])
+    return ids
 
 
 async def restore_clients(service: Service) -> None:

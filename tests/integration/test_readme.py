@@ -32,11 +32,11 @@ class Step:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def curl_session() -> list[Step]:
-    """The steps of the README's first `sh` block: each command, then `# → STATUS [json]`
-    and `#   Header: value` lines."""
+def curl_session(heading: str = "## Trying it with curl") -> list[Step]:
+    """The steps of the first `sh` block under `heading`: each command, then
+    `# → STATUS [json]` and `#   Header: value` lines."""
     text = README.read_text()
-    block = text[text.index("## Trying it with curl") :]
+    block = text[text.index(heading) :]
     block = block[block.index("```sh\n") + 6 :]
     block = block[: block.index("```")]
     steps: list[Step] = []

@@ -17,6 +17,7 @@ from app.cli import DEV_CALLBACK_SECRET
 from app.security import callback_token
 from app.servers import bind
 from tests.helpers import VALID_EDIT, refusal, wait_for_task
+from tests.images import encoded
 
 
 async def test_dev_runs_a_task_end_to_end_on_embedded_postgres(tmp_path: Path) -> None:
@@ -52,6 +53,16 @@ async def test_dev_runs_a_task_end_to_end_on_embedded_postgres(tmp_path: Path) -
             task = await wait_for_task(api, created.json()["id"], {"completed"})
             results = (await api.get(f"/v1/tasks/{task['id']}/results")).json()
             assert len(results["items"]) == 2
+            # An upload, fetched by the simulator through its signed link.
+            uploaded = await api.post(
+                "/v1/uploads", files={"file": ("in.png", encoded("PNG", 640, 480), "image/png")}
+            )
+            assert uploaded.status_code == 201, uploaded.text
+            edit = {"prompt": "make it snow", "image_ids": [uploaded.json()["id"]]}
+            from_upload = await api.post("/v1/tasks", json=edit)
+            assert from_upload.status_code == 202, from_upload.text
+            done = await wait_for_task(api, from_upload.json()["id"], {"completed", "failed"})
+            assert done["status"] == "completed", done["error"]
     finally:
         process.send_signal(signal.SIGINT)
         output, _ = await asyncio.wait_for(process.communicate(), 60)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from app.jobs import (
     DELIVER_WEBHOOK,
     PRUNE,
+    PRUNE_UPLOADS,
     RECONCILE,
     RECOVER_WEBHOOKS,
     STORE_RESULTS,
@@ -31,9 +32,10 @@ def test_every_job_runs_under_the_name_the_database_stores() -> None:
         DELIVER_WEBHOOK,
         RECOVER_WEBHOOKS,
         SWEEP_WEBHOOKS,
+        PRUNE_UPLOADS,
     }
     periodic = {task.task.name for task in job_app.periodic_registry.periodic_tasks.values()}
-    assert periodic == {RECONCILE, SWEEP, PRUNE, SWEEP_WEBHOOKS}
+    assert periodic == {RECONCILE, SWEEP, PRUNE, SWEEP_WEBHOOKS, PRUNE_UPLOADS}
 
 
 def test_two_apps_in_one_process_keep_their_own_jobs() -> None:

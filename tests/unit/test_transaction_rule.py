@@ -24,6 +24,7 @@ JOB_BODIES = [
     APP / "tasks" / name for name in ("submission.py", "reconcile.py", "sweep.py", "cancel.py")
 ]
 JOB_BODIES.append(APP / "results" / "copy.py")
+JOB_BODIES += [APP / "uploads" / "inputs.py", APP / "uploads" / "retention.py"]
 
 
 def _calls(path: Path) -> list[str]:

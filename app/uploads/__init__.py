@@ -1,0 +1,1 @@
+"""Input images clients upload, for tasks to name in `image_ids`."""
