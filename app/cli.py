@@ -268,6 +268,9 @@ def _print_banner(settings: Settings, api_url: str, database_url: str, data_dir:
         f"  curl -s -X POST {api_url}/v1/tasks -H 'Authorization: Bearer {key}' \\\n"
         f"    -H 'Content-Type: application/json' -H 'Prefer: wait=10' \\\n"
         f'    -d \'{{"prompt": "make it snow", "image_urls": ["https://example.com/in.png"]}}\'\n'
+        f"Or from a terminal (a local file or a URL; the results are saved here):\n"
+        f"  EDITHOOK_URL={api_url} EDITHOOK_KEY={key} \\\n"
+        f"    edithook edit https://example.com/in.png --prompt 'make it snow'\n"
         f"Be told by signed webhooks (development lets them reach a receiver on loopback):\n"
         f"  curl -s -X POST {api_url}/v1/webhook-endpoints -H 'Authorization: Bearer {key}' \\\n"
         f"    -H 'Content-Type: application/json' \\\n"

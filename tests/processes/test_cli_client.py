@@ -8,6 +8,7 @@ import fcntl
 import json
 import os
 import pty
+import shlex
 import signal
 import struct
 import subprocess
@@ -20,7 +21,7 @@ import httpx
 
 from app.servers import bind
 from tests.conftest import Caller, Service
-from tests.helpers import own_task_ids, wait_for_task
+from tests.helpers import REPO, own_task_ids, wait_for_task
 from tests.images import encoded
 
 EDITHOOK = [sys.executable, "-m", "app.cli"]
@@ -381,3 +382,38 @@ async def test_the_client_starts_without_loading_the_service() -> None:
     }
     assert "httpx" in imported, "the report was read"
     assert imported.isdisjoint(HEAVY), sorted(imported & set(HEAVY))
+
+
+def readme_commands() -> list[list[str]]:
+    """The `edithook` commands of the README's "From a terminal" block, split as sh would."""
+    text = (REPO / "README.md").read_text()
+    block = text[text.index("## From a terminal") :]
+    block = block[block.index("```sh\n") + 6 :]
+    block = block[: block.index("```")]
+    return [shlex.split(line) for line in block.splitlines() if line.startswith("edithook ")]
+
+
+async def test_the_readme_session_runs_as_written(
+    service: Service, caller: Caller, api: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """Each command of the README's terminal block succeeds; `<id>` is the task it made."""
+    commands = readme_commands()
+    assert [argv[:2] for argv in commands] == [
+        ["edithook", "edit"],
+        ["edithook", "tasks"],
+        ["edithook", "tasks"],
+        ["edithook", "tasks"],
+    ]
+    (tmp_path / "photo.png").write_bytes(encoded("PNG", 800, 600))
+    task_id = ""
+    for argv in commands:
+        argv = [task_id if word == "<id>" else word for word in argv[1:]]
+        ran = await edithook(*argv, env=_env(service, caller), cwd=tmp_path)
+        assert ran.code == 0, (argv, ran.err)
+        if argv[0] == "edit":
+            (task_id,) = await own_task_ids(api)
+        elif argv[1] in ("list", "show"):
+            assert task_id in ran.out
+        else:
+            assert "pending → completed" in ran.out
+    assert names(tmp_path / "results") == [f"{task_id}-0.png", f"{task_id}-1.png"]
