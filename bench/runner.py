@@ -45,7 +45,7 @@ from bench.ingest import IngestPlan, run_ingest
 from bench.machine import describe_machine
 from bench.report import Measurements, build_rows, render_markdown, render_text, short_count
 from bench.seed import HISTORY, Target, seed_tasks
-from bench.stack import Stack
+from bench.stack import DB_POOL_SIZE, Stack
 from bench.waiters import WAITERS, run_waiters
 from bench.webhooks import MESSAGES, TASKS, run_webhooks
 
@@ -79,6 +79,7 @@ class Options:
     webhook_messages: int
     webhooks_only: bool
     smoke: bool
+    pool_size: int
     keep: bool
     out: Path
     admin_url: str | None
@@ -138,6 +139,11 @@ def parse_args(argv: list[str] | None) -> Options:
         "--webhooks-only", action="store_true", help="only the webhook phase, on --tasks tasks"
     )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds in all")
+    parser.add_argument(
+        "--db-pool-size",
+        type=int,
+        help="EDITHOOK_DB_POOL_SIZE of every server (default 10, as published; --smoke: 2)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     parser.add_argument("--out", type=Path, help="markdown file (bench/results/latest.md)")
     parser.add_argument("--admin-url", help="a Postgres URL where a database may be created")
@@ -196,6 +202,9 @@ def parse_args(argv: list[str] | None) -> Options:
         webhook_messages=args.webhook_messages,
         webhooks_only=args.webhooks_only,
         smoke=args.smoke,
+        # A smoke run checks that every phase works, not how fast: small pools keep two runs
+        # and a test suite beside them well within Postgres's connections.
+        pool_size=args.db_pool_size or (2 if args.smoke else DB_POOL_SIZE),
         keep=args.keep,
         out=args.out or default_out,
         admin_url=args.admin_url,
@@ -400,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
                 f" round{'s' if options.ingest_rounds > 1 else ''},"
                 f" EDITHOOK_LOG_LEVEL={options.log_level}"
             )
-            stack = Stack(url, run_dir, log_level=options.log_level)
+            stack = Stack(url, run_dir, log_level=options.log_level, pool_size=options.pool_size)
             try:
                 run(options, stack, m)
             finally:

@@ -41,6 +41,7 @@ class Stack:
     database_url: str
     run_dir: Path
     log_level: str = "info"
+    pool_size: int = DB_POOL_SIZE
     api: Child | None = None
     worker: Child | None = None
     simulator: Child | None = None
@@ -72,7 +73,7 @@ class Stack:
             EDITHOOK_PORT=str(self._api_port),
             EDITHOOK_STORAGE_URL=str(self.run_dir / "results"),
             EDITHOOK_LOG_LEVEL=self.log_level,
-            EDITHOOK_DB_POOL_SIZE=str(DB_POOL_SIZE),
+            EDITHOOK_DB_POOL_SIZE=str(self.pool_size),
         )
 
     def start_simulator(self) -> Child:
@@ -119,6 +120,7 @@ class Stack:
             BENCH_DATABASE_URL=self.database_url,
             EDITHOOK_CALLBACK_SECRET=CALLBACK_SECRET,
             EDITHOOK_LOG_LEVEL=self.log_level,
+            EDITHOOK_DB_POOL_SIZE=str(self.pool_size),
         )
         child = start(
             kind,

@@ -1,8 +1,10 @@
 """A faithful fake of EvoLink over real HTTP, for `edithook dev` and the integration tests.
 
 It speaks the documented wire shapes (create, get, error envelopes, callbacks with the real
-timeout and 1 s / 2 s / 4 s retry schedule, expiring result links with real PNG bytes), with
-shortened timings and failure modes that tests and curl users can trigger:
+timeout and 1 s / 2 s / 4 s retry schedule, expiring result links with real PNG bytes, every
+input image fetched and checked before the edit, with sample images standing in for the
+example domains' hosts), with shortened timings and failure modes that tests and curl users
+can trigger:
 
 - prompt directives: `[sim:fail=<code>]`, `[sim:cancel]`, `[sim:cancel-as-failed]`,
   `[sim:no-callback]`, `[sim:slow=<seconds>]`, `[sim:hold]`, `[sim:results=<k>]`;

@@ -27,6 +27,8 @@ BETA_KEY = "beta-key-0123456789"
 ADMIN_KEY = "admin-key-0123456789-0123456789-abcdef"
 CALLBACK_SECRET = "test-callback-secret-0123456789-abcdef"
 
+# Its image is really fetched: the simulator serves the example domains' paths itself
+# (`evolink_simulator.inputs`), here a 1024x768 PNG.
 VALID_EDIT: dict[str, Any] = {
     "prompt": "Replace the background with a snowy mountain range",
     "image_urls": ["https://cdn.example.com/in/abc123.png"],

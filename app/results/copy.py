@@ -227,6 +227,12 @@ async def store_task_results(
         targets = await _confirm(sessions, evolink, run, facts, report)
     for target in targets:
         await _store_one(pool, sessions, storage, http, run, target, report)
+    if not facts.rows and not targets and report.retry_in is None:
+        # Settled with no image at all (the provider confirmed none, or could not confirm
+        # and the links are gone): no stored or failed row will tell the webhooks, so this
+        # run does (`make_succeeded` makes them once).
+        async with transaction(sessions) as session:
+            await webhook_messages.make_succeeded(session, task_id)
     return report
 
 

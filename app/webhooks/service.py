@@ -11,12 +11,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import uuid
 from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, text, tuple_
+from sqlalchemy import select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import BadRequest, Conflict, NotFound, Unprocessable
@@ -32,6 +33,8 @@ from app.webhooks.schemas import EndpointCreate, EndpointUpdate
 from app.webhooks.targets import check_webhook_url
 
 # A pending message this long past due without a live job lost it (a crashed worker).
+logger = logging.getLogger("edithook.webhooks")
+
 LOST_AFTER_SECONDS = 60
 
 
@@ -278,8 +281,16 @@ async def redeliver_failed(session: AsyncSession, endpoint_id: uuid.UUID, since:
     return count
 
 
+# A message whose delivery job failed for good this many times (an error no retry cures:
+# a crash, not a receiver's answer, which the schedule handles) is given up on.
+CRASHES_BEFORE_GIVING_UP = 3
+
 LOST = text(f"""
-    SELECT m.id FROM webhook_messages m
+    SELECT m.id, (
+        SELECT count(*) FROM procrastinate_jobs j
+        WHERE j.task_name = :job AND j.status = 'failed'
+          AND j.args->>'message_id' = m.id::text) AS crashed
+    FROM webhook_messages m
     WHERE m.status = '{MessageStatus.PENDING.value}' AND m.next_attempt_at < :cutoff
       AND NOT EXISTS (
         SELECT 1 FROM procrastinate_jobs j
@@ -290,13 +301,31 @@ LOST = text(f"""
 
 
 async def requeue_lost(session: AsyncSession) -> int:
-    """Defer a job for each pending message that has none (its job failed or was lost)."""
+    """Defer a job for each pending message that has none (its job failed or was lost);
+    give up on one whose jobs have failed for good `CRASHES_BEFORE_GIVING_UP` times, which
+    another job would only repeat (the worker's log says why each failed)."""
     cutoff = datetime.now(UTC).timestamp() - LOST_AFTER_SECONDS
     found = await session.execute(
         LOST, {"cutoff": datetime.fromtimestamp(cutoff, UTC), "job": DELIVER_WEBHOOK}
     )
     count = 0
-    for (message_id,) in found.all():
+    for message_id, crashed in found.all():
+        if crashed >= CRASHES_BEFORE_GIVING_UP:
+            logger.error(
+                "webhook message %s given up: its delivery job failed %d times", message_id, crashed
+            )
+            await session.execute(
+                update(Message)
+                .where(Message.id == message_id, Message.status == MessageStatus.PENDING)
+                .values(
+                    status=MessageStatus.FAILED,
+                    last_error=(
+                        f"its delivery job failed {crashed} times without an answer to record;"
+                        " the worker's log says why"
+                    ),
+                )
+            )
+            continue
         await enqueue(
             session,
             DELIVER_WEBHOOK,

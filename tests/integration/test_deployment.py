@@ -88,6 +88,16 @@ def test_every_setting_and_the_storage_credentials_reach_the_container(role: str
             assert env.get(name) == value, name
 
 
+@pytest.mark.parametrize("role", ROLES)
+def test_compose_starts_with_admin_keys_and_no_client_keys(role: str) -> None:
+    """Clients and keys can live only in Postgres: a .env with EDITHOOK_ADMIN_KEYS and no
+    EDITHOOK_API_KEYS is one compose accepts (the preflight check judges the pair)."""
+    dotenv = {k: v for k, v in _dotenv().items() if k != "EDITHOOK_API_KEYS"}
+    env = _container_env(_compose()["services"][role], dotenv)
+    assert env["EDITHOOK_ADMIN_KEYS"] == dotenv["EDITHOOK_ADMIN_KEYS"]
+    assert "EDITHOOK_API_KEYS" not in env
+
+
 def test_the_api_is_published_on_localhost_by_default() -> None:
     """The API's port is bound to 127.0.0.1 on the host, on EDITHOOK_PORT as in the container."""
     dotenv = {**_dotenv(), "EDITHOOK_PORT": "9100"}

@@ -96,7 +96,7 @@ def test_smoke_run_measures_every_metric(tmp_path: Path) -> None:
 def test_two_runs_at_once_each_keep_a_database_of_their_own(tmp_path: Path) -> None:
     """Two runs on one Postgres at the same time both finish: neither drops the other's data."""
     command = [sys.executable, "-m", "bench", "--cost-only", "--cost-tasks", "3"]
-    command += ["--cost-rate", "20", "--cost-gets", "10"]
+    command += ["--cost-rate", "20", "--cost-gets", "10", "--db-pool-size", "2"]
     runs = [
         subprocess.Popen(
             [*command, "--out", str(tmp_path / f"cost-{index}.md")],

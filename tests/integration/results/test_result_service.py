@@ -23,6 +23,7 @@ import psycopg
 import pytest
 from PIL import Image
 from sqlalchemy import select
+from sqlalchemy import text as sql
 
 from app.db import create_pool, transaction
 from app.models import Task, TaskEvent, TaskResult
@@ -40,13 +41,15 @@ if TYPE_CHECKING:
 MAX_BYTES = 10_000_000
 
 
-async def completed_at_simulator(sim: httpx.AsyncClient, *, n: int = 1) -> dict[str, Any]:
+async def completed_at_simulator(
+    sim: httpx.AsyncClient, *, n: int = 1, prompt: str = "Make the sky purple"
+) -> dict[str, Any]:
     """A task created directly at the simulator and completed there at once; its task object."""
     response = await sim.post(
         "/v1/images/generations",
         json={
             "model": "qwen-image-edit-plus",
-            "prompt": "Make the sky purple",
+            "prompt": prompt,
             "image_urls": ["https://cdn.example.com/in/abc123.png"],
             "n": n,
         },
@@ -78,6 +81,7 @@ async def record_completed(
     urls: list[str] | None = None,
     status: str = "completed",
     resolved_by: str | None = None,
+    webhook_url: str | None = None,
 ) -> uuid.UUID:
     """Our task for `provider_task`, completed with `urls` (its real results by default), as
     if told by `resolved_by` (None: by nothing the copy trusts without asking)."""
@@ -96,6 +100,7 @@ async def record_completed(
                 provider_task_id=provider_task["id"],
                 finished_at=datetime.now(UTC),
                 resolved_by=resolved_by,
+                webhook_url=webhook_url,
             )
         )
         await session.flush()
@@ -261,6 +266,28 @@ async def test_a_poll_completion_without_rows_still_asks_the_provider(
     gets = (await stats(sim))["gets"]
     assert (await run(db, storage, http, task_id)).stored == 1
     assert (await stats(sim))["gets"] == gets + 1
+
+
+async def test_a_completion_without_any_result_is_settled_and_tells_its_webhooks_once(
+    db: Db, sim: httpx.AsyncClient, storage: ResultStorage, http: httpx.AsyncClient
+) -> None:
+    """The provider completed the task with no image: once it confirms that, the task is
+    settled, and its `task.succeeded` goes out, once, as for any other completion."""
+    provider = await completed_at_simulator(sim, prompt="Make the sky purple [sim:results=0]")
+    assert not provider.get("results")
+    hook = "https://own.example.com/hook"
+    task_id = await record_completed(db, provider, urls=[], resolved_by="poll", webhook_url=hook)
+    for _ in range(2):
+        report = await run(db, storage, http, task_id)
+        assert (report.stored, report.failed, report.retry_in) == (0, 0, None)
+    async with db.resources.sessions() as session:
+        made = (
+            await session.execute(
+                sql("SELECT type, url FROM webhook_messages WHERE task_id = :id"),
+                {"id": task_id},
+            )
+        ).all()
+    assert [tuple(row) for row in made] == [("task.succeeded", hook)]
 
 
 async def test_the_copy_goes_through_the_engine_when_the_direct_pool_cannot(

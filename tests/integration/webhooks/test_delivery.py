@@ -14,10 +14,10 @@ from sqlalchemy import text
 from standardwebhooks import Webhook
 
 from app.db import transaction
-from app.jobs import DELIVER_WEBHOOK
+from app.jobs import DELIVER_WEBHOOK, QUEUE
 from app.webhooks.delivery import deliver
 from app.webhooks.jobs import config_of
-from app.webhooks.service import requeue_lost
+from app.webhooks.service import CRASHES_BEFORE_GIVING_UP, requeue_lost
 from tests.conftest import Caller, Service
 from tests.helpers import create_task, wait_for_task
 from tests.integration.webhooks.conftest import Plan, Received, Receiver
@@ -226,6 +226,55 @@ async def test_a_message_whose_job_was_lost_is_sent_after_the_sweep(
     [delivery] = await receiver.wait_for("/lost", 1)
     assert verified(endpoint["secret"], delivery)["type"] == "task.failed"
     assert delivery.headers["webhook-id"] == str(message_id)
+
+
+async def test_a_message_whose_jobs_keep_failing_is_given_up_not_requeued_forever(
+    hooks_api: httpx.AsyncClient,
+    receiver: Receiver,
+    webhook_service: Service,
+    hooks_caller: Caller,
+) -> None:
+    """A message whose delivery job has failed for good (crashed through all its retries)
+    as often as `CRASHES_BEFORE_GIVING_UP` is marked failed, saying why, instead of being
+    given yet another job by every sweep."""
+    endpoint = await register(hooks_api, receiver.url + "/crashing", event_types=["task.failed"])
+    task = await create_task(hooks_api, prompt="[sim:hold] edit")
+    message_id = uuid.uuid4()
+    async with transaction(webhook_service.resources.sessions) as session:
+        await session.execute(
+            text(
+                "INSERT INTO webhook_messages (id, task_id, client, type, endpoint_id,"
+                " next_attempt_at) VALUES (:id, :task, :client, 'task.failed',"
+                " :endpoint, now() - interval '5 minutes')"
+            ),
+            {
+                "id": message_id,
+                "task": task["id"],
+                "client": hooks_caller.name,
+                "endpoint": endpoint["id"],
+            },
+        )
+        for _ in range(CRASHES_BEFORE_GIVING_UP):
+            await session.execute(
+                text(
+                    "INSERT INTO procrastinate_jobs (queue_name, task_name, args, status,"
+                    " attempts) VALUES (:queue, :job, jsonb_build_object('message_id',"
+                    " CAST(:id AS text)), 'failed', 10)"
+                ),
+                {"queue": QUEUE, "job": DELIVER_WEBHOOK, "id": str(message_id)},
+            )
+    async with transaction(webhook_service.resources.sessions) as session:
+        await requeue_lost(session)
+    assert await delivery_jobs(webhook_service, message_id) == CRASHES_BEFORE_GIVING_UP
+    async with webhook_service.resources.sessions() as session:
+        status, error = (
+            await session.execute(
+                text("SELECT status, last_error FROM webhook_messages WHERE id = :id"),
+                {"id": message_id},
+            )
+        ).one()
+    assert status == "failed"
+    assert f"failed {CRASHES_BEFORE_GIVING_UP} times" in error
 
 
 async def delivery_jobs(service: Service, message_id: uuid.UUID) -> int:
