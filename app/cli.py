@@ -1,9 +1,9 @@
-"""`edithook dev | serve | worker | migrate | healthcheck | simulator | clients | keys`, and the
-client commands `edit` and `tasks` (`app.cli_client`).
+"""edithook: run the service (dev, serve, worker, migrate, ...) or use it (edit, tasks).
 
-The service's parts are imported by the commands that run them, not here: `edithook edit`
-and `edithook tasks` are dispatched before anything of the service is loaded, so that a
-person's command starts at once (`tests/unit/test_cli_client.py`)."""
+The service's parts are imported by the commands that run them, not here: the client
+commands `edit` and `tasks` (`app.cli_client`) are dispatched before anything of the service
+is loaded, so that a person's command starts at once (`tests/unit/test_cli_client.py`).
+"""
 
 from __future__ import annotations
 
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if client_commands.wants(argv):
         return client_commands.main(argv)
-    parser = argparse.ArgumentParser(prog="edithook", description=__doc__)
+    parser = argparse.ArgumentParser(prog="edithook", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     dev_parser = commands.add_parser("dev", help="run everything locally with embedded defaults")
     dev_parser.add_argument(

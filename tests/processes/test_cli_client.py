@@ -173,6 +173,30 @@ async def test_a_cancelled_task_exits_1(service: Service, caller: Caller, tmp_pa
     assert " cancelled: " in ran.err
 
 
+async def test_results_that_could_not_be_kept_exit_1_naming_each(
+    service: Service, caller: Caller, sim: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """A completed task whose images could not be copied (EvoLink no longer knows the task
+    when the copy confirms its links): exit 1, each result named with the reason."""
+    fault = {"endpoint": "get", "status": 404, "message": "task not found"}
+    assert (await sim.post("/_sim/faults", json=fault)).status_code == 200
+    ran = await edithook(
+        "edit", INPUT_URL, "--prompt", "make it snow", "-n", "2",
+        env=_env(service, caller), cwd=tmp_path,
+    )  # fmt: skip
+    assert ran.code == 1, ran.err
+    task_id = ran.lines[0].split()[0]
+    assert ran.lines[-1] == f"{task_id} completed (2 results)"
+    problems = ran.err.splitlines()
+    assert [line.split(":")[:2] for line in problems] == [
+        ["edithook edit", f" task {task_id}"],
+        ["edithook edit", f" task {task_id}"],
+    ]
+    assert " result 0 was not kept: " in problems[0]
+    assert " result 1 was not kept: " in problems[1]
+    assert names(tmp_path) == []
+
+
 async def test_bad_usage_and_refused_requests_exit_2(
     service: Service, caller: Caller, api: httpx.AsyncClient, tmp_path: Path
 ) -> None:
