@@ -147,10 +147,9 @@ def error_reason(task: Task) -> str:
 def _finish(api: Api, task: Task, out_dir: Path, *, json_out: bool, shows: IO[str]) -> int:
     task_id, status = str(task["id"]), task["status"]
     if status != "completed":
-        reason = error_reason(task)
         if json_out:
             _print_json(task)
-        reason = reason or "no reason given"
+        reason = error_reason(task) or "no reason given"
         print(f"edithook edit: task {task_id} {status}: {reason}", file=sys.stderr)
         return TASK_FAILED
     problems = save_results(api, task_id, out_dir, lambda line: print(line, file=shows))
