@@ -263,7 +263,9 @@ async def test_tasks_list_show_and_events_read_the_callers_tasks(
 ) -> None:
     """Plain columns off a terminal, and with --json exactly what the API answers."""
     env = _env(service, caller)
-    made = await edithook("edit", INPUT_URL, "--prompt", "make it snow", "--json", env=env)
+    made = await edithook(
+        "edit", INPUT_URL, "--prompt", "make it snow", "--json", env=env, cwd=tmp_path
+    )
     task_id = json.loads(made.out)["id"]
 
     listed = await edithook("tasks", "list", env=env)
@@ -317,7 +319,7 @@ async def test_on_a_terminal_tasks_are_a_table(
     service: Service, caller: Caller, tmp_path: Path
 ) -> None:
     env = _env(service, caller)
-    made = await edithook("edit", INPUT_URL, "--prompt", "snow", "--no-wait", env=env)
+    made = await edithook("edit", INPUT_URL, "--prompt", "snow", "--no-wait", env=env, cwd=tmp_path)
     task_id = made.out.strip()
     ran = await on_a_terminal("tasks", "list", env=env, cwd=tmp_path)
     assert ran.code == 0, ran.out
