@@ -1,4 +1,9 @@
-"""`edithook dev | serve | worker | migrate | healthcheck | simulator | clients | keys`."""
+"""edithook: run the service (dev, serve, worker, migrate, ...) or use it (edit, tasks).
+
+The service's parts are imported by the commands that run them, not here: the client
+commands `edit` and `tasks` (`app.cli_client`) are dispatched before anything of the service
+is loaded, so that a person's command starts at once (`tests/unit/test_cli_client.py`).
+"""
 
 from __future__ import annotations
 
@@ -12,13 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from app import preflight
-from app.logs import UVICORN_LOG_CONFIG, configure_logging
-from app.preflight import Refused, load_settings, refuse
-from app.settings import Settings
+from app.cli_client import commands as client_commands
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+
+    from app.settings import Settings
 
 DEV_API_KEYS = "dev:dev-key"
 # Development only: a fixed secret keeps callback URLs valid across restarts of `edithook dev`.
@@ -27,6 +31,9 @@ DEV_CALLBACK_SECRET = "dev-callback-secret-not-for-production-use"  # noqa: S105
 
 def _production_settings(command: str) -> Settings:
     """The environment's settings, checked; else exit with one line per problem."""
+    from app import preflight
+    from app.preflight import Refused, load_settings, refuse
+
     try:
         settings = load_settings()
         preflight.check(settings)
@@ -37,6 +44,10 @@ def _production_settings(command: str) -> Settings:
 
 def serve() -> int:
     """The production API process."""
+    from app import preflight
+    from app.logs import UVICORN_LOG_CONFIG, configure_logging
+    from app.preflight import Refused, refuse
+
     settings = _production_settings("serve")
     try:
         # Bound here, before the app starts, so that a taken port is one clear line.
@@ -74,6 +85,8 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def worker() -> int:
     """The production worker process."""
+    from app.logs import configure_logging
+
     settings = _production_settings("worker")
     configure_logging(settings.log_level, settings.log_format or "json")
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
@@ -97,6 +110,9 @@ async def _run_worker(settings: Settings) -> None:
 def _database_settings(command: str) -> Settings:
     """The environment's settings for a command that needs only the database, which answers;
     else exit with one line."""
+    from app import preflight
+    from app.preflight import Refused, load_settings, refuse
+
     try:
         settings = load_settings()
         if not settings.database_url:
@@ -114,6 +130,8 @@ def _database_settings(command: str) -> Settings:
 
 def migrate() -> int:
     """Apply every pending migration."""
+    from app.logs import configure_logging
+
     settings = _database_settings("migrate")
     configure_logging(settings.log_level, settings.log_format or "text")
     from app.migrate import upgrade
@@ -147,6 +165,8 @@ def simulator(port: int) -> int:
     create_simulator_app = _simulator_factory("simulator")
     import uvicorn
 
+    from app.logs import UVICORN_LOG_CONFIG, configure_logging
+
     configure_logging("info")
     uvicorn.run(create_simulator_app(), host="127.0.0.1", port=port, log_config=UVICORN_LOG_CONFIG)
     return 0
@@ -170,8 +190,10 @@ def _embedded_database(data_dir: Path) -> str:
 
 async def _run_dev(data_dir: Path, port: int) -> None:
     create_simulator_app = _simulator_factory("dev")
+    from app import preflight
     from app.main import create_app
     from app.migrate import upgrade_async
+    from app.preflight import Refused, load_settings, refuse
     from app.resources import open_resources
     from app.servers import socket_url, start_server
     from app.worker import run_worker
@@ -246,6 +268,9 @@ def _print_banner(settings: Settings, api_url: str, database_url: str, data_dir:
         f"  curl -s -X POST {api_url}/v1/tasks -H 'Authorization: Bearer {key}' \\\n"
         f"    -H 'Content-Type: application/json' -H 'Prefer: wait=10' \\\n"
         f'    -d \'{{"prompt": "make it snow", "image_urls": ["https://example.com/in.png"]}}\'\n'
+        f"Or from a terminal (a local file or a URL; the results are saved here):\n"
+        f"  EDITHOOK_URL={api_url} EDITHOOK_KEY={key} \\\n"
+        f"    edithook edit https://example.com/in.png --prompt 'make it snow'\n"
         f"Be told by signed webhooks (development lets them reach a receiver on loopback):\n"
         f"  curl -s -X POST {api_url}/v1/webhook-endpoints -H 'Authorization: Bearer {key}' \\\n"
         f"    -H 'Content-Type: application/json' \\\n"
@@ -256,6 +281,9 @@ def _print_banner(settings: Settings, api_url: str, database_url: str, data_dir:
 
 def dev(data_dir: Path) -> int:
     """Everything on one machine with no set-up: embedded Postgres, the simulator, the API."""
+    from app.logs import configure_logging
+    from app.preflight import Refused, load_settings, refuse
+
     try:
         # The environment's values must at least be well-formed; the rest has defaults here.
         probe = load_settings(environment="development")
@@ -267,7 +295,10 @@ def dev(data_dir: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="edithook", description=__doc__)
+    argv = sys.argv[1:] if argv is None else argv
+    if client_commands.wants(argv):
+        return client_commands.main(argv)
+    parser = argparse.ArgumentParser(prog="edithook", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     dev_parser = commands.add_parser("dev", help="run everything locally with embedded defaults")
     dev_parser.add_argument(
@@ -293,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.clients.commands import add_parsers
 
     add_parsers(commands)
+    client_commands.add_parsers(commands)
     args = parser.parse_args(argv)
     match args.command:
         case "dev":
@@ -311,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
             return simulator(args.port)
         case "clients" | "keys":
             return admin(args.command, args)
+        case "edit" | "tasks":  # reached only through the full parser (`wants` takes them)
+            return client_commands.run(args)
     return 2
 
 

@@ -63,11 +63,25 @@ async def test_dev_runs_a_task_end_to_end_on_embedded_postgres(tmp_path: Path) -
             assert from_upload.status_code == 202, from_upload.text
             done = await wait_for_task(api, from_upload.json()["id"], {"completed", "failed"})
             assert done["status"] == "completed", done["error"]
+            # A person at a terminal, as the banner says: a local file uploaded, edited, saved.
+            (tmp_path / "photo.png").write_bytes(encoded("PNG", 640, 480))
+            client = await asyncio.create_subprocess_exec(
+                *(sys.executable, "-m", "app.cli", "edit", "photo.png", "--prompt", "snow"),
+                cwd=tmp_path,
+                env={**env, "EDITHOOK_URL": str(api.base_url), "EDITHOOK_KEY": "dev-key"},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            out, err = await asyncio.wait_for(client.communicate(), 60)
+            assert client.returncode == 0, err.decode()
+            saved = out.decode().splitlines()[-1].removeprefix("saved ")
+            assert (tmp_path / saved).stat().st_size > 0
     finally:
         process.send_signal(signal.SIGINT)
         output, _ = await asyncio.wait_for(process.communicate(), 60)
     logs = output.decode()
     assert "Authorization: Bearer dev-key" in logs
+    assert "edithook edit https://example.com/in.png --prompt 'make it snow'" in logs
     assert callback_token(DEV_CALLBACK_SECRET, uuid.UUID(task["id"])) not in logs
     assert process.returncode == 0
 
