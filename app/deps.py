@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -11,8 +12,17 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import links
 from app.clients.keys import KeyCache, KeyEntry
-from app.errors import PROBLEM_JSON, AdminDisabled, ClientDisabled, NotFound, Unauthorized
+from app.errors import (
+    PROBLEM_JSON,
+    AdminDisabled,
+    ClientDisabled,
+    LinkExpired,
+    LinkInvalid,
+    NotFound,
+    Unauthorized,
+)
 from app.resources import Resources
 from app.security import AdminKeys
 
@@ -137,3 +147,17 @@ async def get_caller(
 
 
 CallerDep = Annotated[str, Depends(get_caller)]
+
+
+def require_signed_link(
+    resources: Resources, path: str, expires: str | None, signature: str | None, *, expired: str
+) -> None:
+    """Let a request without a key through only with a valid signed link (`app.links`) to
+    `path`: 403 `link-invalid` when its signature is missing or wrong, 403 `link-expired`
+    (with `expired` as the detail) once it has expired."""
+    key = links.link_key(resources.settings.callback_secret.get_secret_value())
+    verdict = links.check(key, path, expires, signature, time.time())
+    if verdict == links.LinkCheck.INVALID:
+        raise LinkInvalid("The link's signature is missing or wrong.")
+    if verdict == links.LinkCheck.EXPIRED:
+        raise LinkExpired(expired)

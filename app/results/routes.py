@@ -5,21 +5,26 @@ needs no key (`GET /v1/results/{task_id}/{index}/content.{ext}`, `app.results.li
 from __future__ import annotations
 
 import logging
-import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import StreamingResponse
 
-from app import links
-from app.deps import NOT_FOUND, PROBLEM, CallerDep, ResourcesDep, SessionDep, parse_task_id
-from app.errors import Conflict, Gone, LinkExpired, LinkInvalid, NotFound, ServiceUnavailable
+from app.deps import (
+    NOT_FOUND,
+    PROBLEM,
+    CallerDep,
+    ResourcesDep,
+    SessionDep,
+    parse_task_id,
+    require_signed_link,
+)
+from app.errors import Conflict, Gone, NotFound, ServiceUnavailable
 from app.models import TaskResult
 from app.results import service
 from app.results.links import RESULT_LINK_PREFIX, content_path, extension_of
-from app.results.storage import ResultStorage, StorageError
+from app.results.storage import ResultStorage, StorageError, first_chunk, stream_from
 from app.tasks.schemas import ResultList, ResultRead
 from app.vocabulary import ResultStatus
 
@@ -119,37 +124,18 @@ async def _serve(result: TaskResult, storage: ResultStorage, if_none_match: str 
 
     chunks = storage.read(result.storage_key)
     try:
-        # Pull the first chunk now: once streaming starts, a failure can no longer be a 503.
-        first = await anext(chunks, b"")
+        first = await first_chunk(chunks)
     except StorageError as exc:
-        await _close(chunks)
         logger.warning("result %s/%s unreadable: %s", result.task_id, result.index, exc)
         raise ServiceUnavailable("The stored image cannot be read right now.") from exc
     if result.size_bytes is not None:
         headers["Content-Length"] = str(result.size_bytes)
     headers["X-Content-Type-Options"] = "nosniff"
     return StreamingResponse(
-        _rest(first, chunks),
+        stream_from(first, chunks),
         headers=headers,
         media_type=result.content_type or "application/octet-stream",
     )
-
-
-async def _rest(first: bytes, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    try:
-        if first:
-            yield first
-        async for chunk in chunks:
-            yield chunk
-    finally:
-        # A client that hangs up mid-download must not leave the store's stream open.
-        await _close(chunks)
-
-
-async def _close(chunks: AsyncIterator[bytes]) -> None:
-    aclose = getattr(chunks, "aclose", None)
-    if aclose is not None:
-        await aclose()
 
 
 @links_router.get(
@@ -182,12 +168,13 @@ async def get_linked_result(
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     path = request.url.path
-    key = links.link_key(resources.settings.callback_secret.get_secret_value())
-    verdict = links.check(key, path, expires, signature, time.time())
-    if verdict == links.LinkCheck.INVALID:
-        raise LinkInvalid("The link's signature is missing or wrong.")
-    if verdict == links.LinkCheck.EXPIRED:
-        raise LinkExpired("The link has expired; read the result with a key instead.")
+    require_signed_link(
+        resources,
+        path,
+        expires,
+        signature,
+        expired="The link has expired; read the result with a key instead.",
+    )
     parsed_id, parsed_index = _parse(task_id, index)
     if path != content_path(parsed_id, parsed_index, extension):
         raise NotFound(f"The task has no result {index!r}.")

@@ -97,3 +97,31 @@ class ResultStorage:
         except Exception as exc:
             raise StorageError(f"could not list {prefix}: {type(exc).__name__}: {exc}") from exc
         return found
+
+
+async def first_chunk(chunks: AsyncIterator[bytes]) -> bytes:
+    """Pull a stream's first chunk before an answer starts (once it has, a failure can no
+    longer be a 503); StorageError, with the stream closed, when it cannot be read."""
+    try:
+        return await anext(chunks, b"")
+    except StorageError:
+        await close_stream(chunks)
+        raise
+
+
+async def stream_from(first: bytes, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """`first`, then the rest of `chunks`; the store's stream is closed however it ends (a
+    client that hangs up mid-download must not leave it open)."""
+    try:
+        if first:
+            yield first
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        await close_stream(chunks)
+
+
+async def close_stream(chunks: AsyncIterator[bytes]) -> None:
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        await aclose()

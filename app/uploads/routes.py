@@ -20,18 +20,15 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.datastructures import UploadFile
 
-from app import links
-from app.deps import PROBLEM, CallerDep, ResourcesDep, SessionDep
+from app.deps import PROBLEM, CallerDep, ResourcesDep, SessionDep, require_signed_link
 from app.errors import (
     Gone,
-    LinkExpired,
-    LinkInvalid,
     NotFound,
     ServiceUnavailable,
     Unprocessable,
     UnsupportedMediaType,
 )
-from app.results.storage import StorageError
+from app.results.storage import StorageError, first_chunk, stream_from
 from app.uploads import service
 from app.uploads.images import ACCEPTED_TYPES, EXTENSIONS
 from app.uploads.inputs import content_path
@@ -189,12 +186,13 @@ async def get_upload_content(
     signature: str | None = None,
 ) -> Response:
     path = request.url.path
-    key = links.link_key(resources.settings.callback_secret.get_secret_value())
-    verdict = links.check(key, path, expires, signature, time.time())
-    if verdict == links.LinkCheck.INVALID:
-        raise LinkInvalid("The link's signature is missing or wrong.")
-    if verdict == links.LinkCheck.EXPIRED:
-        raise LinkExpired("The link has expired; a new task makes a new one.")
+    require_signed_link(
+        resources,
+        path,
+        expires,
+        signature,
+        expired="The link has expired; a new task makes a new one.",
+    )
     parsed = _parse_upload_id(upload_id)
     if extension not in EXTENSIONS or path != content_path(parsed, extension):
         raise NotFound("No such upload.")
@@ -203,10 +201,8 @@ async def get_upload_content(
         raise Gone("The upload has been deleted after its retention.")
     chunks = resources.storage.read(upload.storage_key)
     try:
-        # Pull the first chunk now: once streaming starts, a failure can no longer be a 503.
-        first = await anext(chunks, b"")
+        first = await first_chunk(chunks)
     except StorageError as exc:
-        await _close(chunks)
         if not exc.retryable:
             raise Gone("The upload has been deleted after its retention.") from exc
         logger.warning("upload %s unreadable: %s", parsed, exc)
@@ -218,20 +214,6 @@ async def get_upload_content(
         "Cache-Control": f"private, max-age={remaining}",
         "X-Content-Type-Options": "nosniff",
     }
-    return StreamingResponse(_rest(first, chunks), headers=headers, media_type=upload.content_type)
-
-
-async def _rest(first: bytes, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    try:
-        if first:
-            yield first
-        async for chunk in chunks:
-            yield chunk
-    finally:
-        await _close(chunks)
-
-
-async def _close(chunks: AsyncIterator[bytes]) -> None:
-    aclose = getattr(chunks, "aclose", None)
-    if aclose is not None:
-        await aclose()
+    return StreamingResponse(
+        stream_from(first, chunks), headers=headers, media_type=upload.content_type
+    )
