@@ -74,17 +74,23 @@ def fetch_target(url: str, own_base_url: str) -> str:
     return urlunsplit((base.scheme, base.netloc, "/inputs" + (parts.path or "/"), "", ""))
 
 
-@lru_cache(maxsize=64)
 def sample_image(name: str) -> tuple[bytes, str] | None:
-    """The sample image for a requested name, and its content type; None: no such image."""
+    """The sample image for a requested name, and its content type; None: no such image.
+    Only the name's extension and size matter, so a run naming thousands of paths (the
+    schemathesis run) makes a handful of images, not one per path."""
     extension = name.rsplit(".", 1)[-1].lower() if "." in name else ""
     if extension not in _SAMPLE_FORMATS or "missing" in name.lower():
         return None
-    pillow, content_type = _SAMPLE_FORMATS[extension]
     size = SAMPLE_SIZE
     found = _SIZE_IN_NAME.search(name.rsplit("/", 1)[-1])
     if found:
         size = (max(1, min(int(found[1]), 8000)), max(1, min(int(found[2]), 8000)))
+    return _generated(extension, size)
+
+
+@lru_cache(maxsize=64)
+def _generated(extension: str, size: tuple[int, int]) -> tuple[bytes, str]:
+    pillow, content_type = _SAMPLE_FORMATS[extension]
     buffer = io.BytesIO()
     Image.new("RGB", size, (90, 140, 60)).save(buffer, format=pillow)
     return buffer.getvalue(), content_type
