@@ -174,6 +174,7 @@ async def get_upload(upload_id: str, caller: CallerDep, session: SessionDep) -> 
         403: {"description": "`link-invalid` or `link-expired`.", **PROBLEM},
         404: {"description": "No such upload.", **PROBLEM},
         410: {"description": "Deleted after its retention.", **PROBLEM},
+        503: {"description": "The storage could not be read.", **PROBLEM},
     },
 )
 async def get_upload_content(
